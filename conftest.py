@@ -1,0 +1,3 @@
+"""Repository-level pytest configuration: only what this repository's own test runs need."""
+
+pytest_plugins = ["pytester"]

@@ -1,0 +1,117 @@
+"""The benchmark grids as data, and the selection of points from them.
+
+A grid sweeps the generation length at batch 1 and the batch size at one generation length,
+for every prompt length, as the seed papers do. Point ids are stable: comparisons match on them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from pytest_dlmbench.models import MODEL_SPECS
+
+if TYPE_CHECKING:
+    from pytest_dlmbench.options import Settings
+
+
+@dataclass(frozen=True, order=True)
+class BenchPoint:
+    """One measured configuration."""
+
+    paradigm: str
+    model: str
+    prompt_len: int
+    gen_len: int
+    batch_size: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.paradigm}-{self.model}-p{self.prompt_len}-g{self.gen_len}-b{self.batch_size}"
+
+
+@dataclass(frozen=True)
+class Grid:
+    name: str
+    models: tuple[str, ...]  # one model per paradigm, in run order
+    prompt_lens: tuple[int, ...]
+    gen_lens: tuple[int, ...]  # swept at batch 1
+    batch_sizes: tuple[int, ...]  # swept at `batch_gen_len`
+    batch_gen_len: int
+
+    def shapes(self) -> list[tuple[int, int, int]]:
+        """(prompt_len, gen_len, batch_size) of both sweeps, without duplicates."""
+        shapes = {(p, g, 1) for p in self.prompt_lens for g in self.gen_lens}
+        shapes |= {(p, self.batch_gen_len, b) for p in self.prompt_lens for b in self.batch_sizes}
+        return sorted(shapes)
+
+
+GRIDS: dict[str, Grid] = {
+    grid.name: grid
+    for grid in (
+        Grid("smoke", ("tiny-ar", "tiny-dlm", "tiny-block"), (16, 40), (32, 64), (1, 4), batch_gen_len=32),
+        Grid("standard", ("llama-3.1-8b", "llada-8b", "fast-dllm-v2-7b"), (40, 920), (64, 256, 1024), (1, 4, 16),
+             batch_gen_len=256),
+        Grid("paper", ("llama-3.1-8b", "llada-8b", "fast-dllm-v2-7b"), (40, 920), (64, 128, 256, 512, 1024, 2048),
+             (1, 2, 4, 8, 16, 20, 24, 32, 64), batch_gen_len=256),
+    )
+}
+
+
+def _keep(value: int, allowed: tuple[int, ...] | None) -> bool:
+    return allowed is None or value in allowed
+
+
+def select_points(
+    grid: Grid,
+    paradigms: Iterable[str] | None = None,
+    models: Iterable[str] | None = None,
+    prompt_lens: tuple[int, ...] | None = None,
+    gen_lens: tuple[int, ...] | None = None,
+    batch_sizes: tuple[int, ...] | None = None,
+) -> list[BenchPoint]:
+    """The grid's points for the chosen models (default: the grid's) and filters, model by model."""
+    chosen_models = tuple(models) if models is not None else grid.models
+    wanted_paradigms = set(paradigms) if paradigms is not None else None
+    points = []
+    for model in chosen_models:
+        paradigm = MODEL_SPECS[model].paradigm
+        if wanted_paradigms is not None and paradigm not in wanted_paradigms:
+            continue
+        for prompt_len, gen_len, batch_size in grid.shapes():
+            if _keep(prompt_len, prompt_lens) and _keep(gen_len, gen_lens) and _keep(batch_size, batch_sizes):
+                points.append(BenchPoint(paradigm, model, prompt_len, gen_len, batch_size))
+    return points
+
+
+class SelectionError(ValueError):
+    """The options select no runnable point."""
+
+
+def points_for(settings: Settings) -> list[BenchPoint]:
+    """The resolved settings' points, each checked by its paradigm before anything runs."""
+    from pytest_dlmbench.paradigms import DecodeError, make_paradigm
+
+    grid = GRIDS[settings.grid]
+    points = select_points(
+        grid, settings.paradigms, settings.models, settings.prompt_lens, settings.gen_lens, settings.batch_sizes
+    )
+    if not points:
+        raise SelectionError(
+            f"the --dlm-* filters select no point of the {grid.name} grid (models {', '.join(grid.models)}; "
+            f"prompts {grid.prompt_lens}; gen {grid.gen_lens} at batch 1; batch {grid.batch_sizes} at gen "
+            f"{grid.batch_gen_len})"
+        )
+    for point in points:
+        try:
+            make_paradigm(point.paradigm, settings.decode).validate(
+                MODEL_SPECS[point.model], point.prompt_len, point.gen_len, point.batch_size
+            )
+        except DecodeError as error:
+            raise SelectionError(f"{point.id}: {error}") from None
+        if settings.prompts == "gsm8k" and settings.checkpoint(point.model) is None:
+            raise SelectionError(
+                f"--dlm-prompts=gsm8k needs {point.model}'s tokenizer: pass --dlm-checkpoint {point.model}=PATH"
+            )
+    return points

@@ -1,0 +1,106 @@
+"""The result of one benchmark point, with units in every name, as saved in `extra_info`.
+
+Definitions (shared/REFERENCE.md): tokens_per_s = batch * gen_len / median wall time of the
+whole generation (prefill included, device synchronized); NFE counts every model forward,
+prefill included; tokens_per_forward = gen_len / NFE (per sequence).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+from pytest_dlmbench.grid import BenchPoint
+from pytest_dlmbench.memory import MemoryReport
+
+FORWARD_KINDS_EXCLUDED_FROM_STEP_TIME = ("prefill",)
+
+
+@dataclass(frozen=True)
+class PointMetrics:
+    """Flat and JSON-safe; the first block of fields are the fixed extra_info keys."""
+
+    paradigm: str
+    strategy: str
+    model: str
+    weights: str  # "random", "checkpoint" or "user"
+    dtype: str
+    device: str
+    prompt_len: int
+    gen_len: int
+    batch_size: int
+    block_size: int | None
+    steps: int | None
+    tokens_generated: int  # batch * gen_len
+    tokens_per_s: float | None
+    latency_s: float | None  # median over timed rounds
+    nfe: int | None
+    tokens_per_forward: float | None
+    ms_per_forward: float | None  # mean device time of the non-prefill forwards
+    prefill_ms: float | None
+    peak_mem_allocated_bytes: int | None
+    peak_mem_reserved_bytes: int | None
+    nvml_peak_used_bytes: int | None
+    status: str  # "ok", "oom" or "error"
+    # Detail beyond the fixed keys.
+    prompt_source: str = "synthetic"
+    rounds: int = 0
+    warmup_rounds: int = 0
+    round_latencies_s: tuple[float, ...] = ()
+    nvml_baseline_used_bytes: int | None = None
+    peak_rss_bytes: int | None = None
+    message: str | None = None
+
+    @classmethod
+    def from_run(
+        cls,
+        point: BenchPoint,
+        *,
+        describe: dict[str, Any],
+        latencies_s: list[float],
+        nfe: int | None,
+        forward_ms: dict[str, list[float]],
+        memory: MemoryReport,
+        warmup_rounds: int,
+    ) -> PointMetrics:
+        """Derive every rate from raw readings of one point; `describe` carries the labels."""
+        latency = statistics.median(latencies_s) if latencies_s else None
+        tokens = point.batch_size * point.gen_len
+        step_ms = [ms for kind, values in forward_ms.items() if kind not in FORWARD_KINDS_EXCLUDED_FROM_STEP_TIME
+                   for ms in values]
+        prefill = forward_ms.get("prefill", [])
+        return cls(
+            paradigm=point.paradigm,
+            model=point.model,
+            prompt_len=point.prompt_len,
+            gen_len=point.gen_len,
+            batch_size=point.batch_size,
+            tokens_generated=tokens,
+            tokens_per_s=tokens / latency if latency else None,
+            latency_s=latency,
+            nfe=nfe,
+            tokens_per_forward=point.gen_len / nfe if nfe else None,
+            ms_per_forward=statistics.fmean(step_ms) if step_ms else None,
+            prefill_ms=statistics.fmean(prefill) if prefill else None,
+            peak_mem_allocated_bytes=memory.peak_allocated_bytes,
+            peak_mem_reserved_bytes=memory.peak_reserved_bytes,
+            nvml_peak_used_bytes=memory.nvml_peak_used_bytes,
+            nvml_baseline_used_bytes=memory.nvml_baseline_used_bytes,
+            peak_rss_bytes=memory.peak_rss_bytes,
+            status="ok",
+            rounds=len(latencies_s),
+            warmup_rounds=warmup_rounds,
+            round_latencies_s=tuple(latencies_s),
+            **describe,
+        )
+
+    @property
+    def peak_bytes(self) -> int | None:
+        return self.peak_mem_allocated_bytes if self.peak_mem_allocated_bytes is not None else self.peak_rss_bytes
+
+    def to_extra_info(self) -> dict[str, Any]:
+        info = dataclasses.asdict(self)
+        info["round_latencies_s"] = list(self.round_latencies_s)
+        return info

@@ -1,0 +1,215 @@
+"""The --dlm-* command-line options, their validation, and the frozen Settings they become.
+
+Option values are checked when pytest parses them (no torch import, so `pytest --help` stays
+fast); choices that depend on the machine ("auto" device, dtype and grid) are resolved once,
+lazily, by `Settings.resolved()`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pytest_dlmbench.grid import GRIDS
+from pytest_dlmbench.models import MODEL_SPECS
+from pytest_dlmbench.paradigms import PARADIGMS, DecodeOptions
+
+if TYPE_CHECKING:
+    import pytest
+    import torch
+
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+PROMPT_SOURCES = ("synthetic", "gsm8k")
+
+
+def _names(kind: str, allowed: dict[str, Any]) -> Callable[[str], tuple[str, ...]]:
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(part.strip() for part in text.split(",") if part.strip())
+        if names == ("all",):
+            return tuple(allowed)
+        unknown = [name for name in names if name not in allowed]
+        if unknown or not names:
+            raise argparse.ArgumentTypeError(
+                f"unknown {kind} {', '.join(map(repr, unknown)) or repr(text)}; allowed: all, {', '.join(allowed)}"
+            )
+        return names
+
+    return parse
+
+
+def positive_int(text: str, minimum: int = 1) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = minimum - 1
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= {minimum}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    return positive_int(text, minimum=0)
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of positive integers")
+    return tuple(positive_int(part) for part in parts)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
+def _device(text: str) -> str:
+    head, _, index = text.partition(":")
+    if text in ("auto", "cpu", "cuda") or (head == "cuda" and index.isdigit()):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r} is not a device; allowed: auto, cpu, cuda, cuda:N")
+
+
+def _checkpoint(text: str) -> tuple[str, str]:
+    name, sep, path = text.partition("=")
+    if not sep or not path:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=PATH")
+    if name not in MODEL_SPECS:
+        raise argparse.ArgumentTypeError(f"unknown model {name!r} in {text!r}; known models: {', '.join(MODEL_SPECS)}")
+    if not Path(path).is_dir():
+        raise argparse.ArgumentTypeError(f"checkpoint path {path!r} for {name} is not a directory")
+    return name, path
+
+
+def _choice(allowed: tuple[str, ...], kind: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in allowed:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind}; allowed: {', '.join(allowed)}")
+        return text
+
+    return parse
+
+
+def add_options(parser: pytest.Parser) -> None:
+    """Register the option group (uniform help: what it does, then the default)."""
+    group = parser.getgroup("dlmbench", "dlmbench: generation benchmarks for AR, DLM and block-diffusion LMs")
+    add = group.addoption
+    add("--dlm-grid", type=_choice(("auto", *GRIDS), "grid"), default="auto",
+        help="Benchmark grid: smoke (tiny models), standard (7-8B shapes) or paper (the full seed grid). "
+        "Default: standard with CUDA, smoke without.")
+    add("--dlm-paradigms", type=_names("paradigm", PARADIGMS), default=None,
+        help=f"Comma-separated paradigms to run ({', '.join(PARADIGMS)} or all). Default: all.")
+    add("--dlm-models", type=_names("model", MODEL_SPECS), default=None,
+        help="Comma-separated models to run instead of the grid's, each with the paradigm it was built for "
+        f"({', '.join(MODEL_SPECS)}). Default: the grid's models.")
+    add("--dlm-prompt", type=_int_list, default=None, help="Only these prompt lengths of the grid. Default: all.")
+    add("--dlm-gen", type=_int_list, default=None, help="Only these generation lengths of the grid. Default: all.")
+    add("--dlm-batch", type=_int_list, default=None, help="Only these batch sizes of the grid. Default: all.")
+    add("--dlm-rounds", type=positive_int, default=3, help="Most timed rounds per point. Default: 3.")
+    add("--dlm-warmup", type=_non_negative_int, default=1, help="Untimed full generations before timing. Default: 1.")
+    add("--dlm-max-time", type=_positive_float, default=60.0,
+        help="Per-point time budget in seconds: rounds = budget / warm-up time, between 1 and --dlm-rounds. "
+        "Default: 60.")
+    add("--dlm-dtype", type=_choice(("auto", *DTYPES), "dtype"), default="auto",
+        help="Weight and activation dtype (bf16, fp16, fp32). Default: bf16 on CUDA, fp32 on CPU.")
+    add("--dlm-device", type=_device, default="auto", help="cpu, cuda or cuda:N. Default: cuda if available.")
+    add("--dlm-checkpoint", type=_checkpoint, action="append", default=[], metavar="NAME=PATH",
+        help="Load MODEL's real weights from a local directory of safetensors files (repeatable). "
+        "Default: seeded random weights.")
+    add("--dlm-prompts", type=_choice(PROMPT_SOURCES, "prompt source"), default="synthetic",
+        help="synthetic (seeded random ids of the exact length) or gsm8k (k-shot GSM8K prompts; needs the "
+        "model's --dlm-checkpoint for its tokenizer). Default: synthetic.")
+    add("--dlm-dataset", default=None, metavar="PATH",
+        help="Local GSM8K copy for --dlm-prompts=gsm8k (save_to_disk folder or data files). "
+        "Default: the local Hugging Face cache, offline.")
+    add("--dlm-block-len", type=positive_int, default=32,
+        help="dlm: semi-autoregressive block length; gen lengths must be multiples of it. Default: 32.")
+    add("--dlm-steps", type=positive_int, default=None,
+        help="dlm: total denoising steps, a multiple of gen_len / block_len. Default: gen_len (one token per step).")
+    add("--dlm-seed", type=_non_negative_int, default=0, help="Seed for random weights and prompts. Default: 0.")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every --dlm-* choice, validated; "auto" values stay until `resolved()`."""
+
+    grid: str = "auto"
+    paradigms: tuple[str, ...] | None = None
+    models: tuple[str, ...] | None = None
+    prompt_lens: tuple[int, ...] | None = None
+    gen_lens: tuple[int, ...] | None = None
+    batch_sizes: tuple[int, ...] | None = None
+    rounds: int = 3
+    warmup: int = 1
+    max_time_s: float = 60.0
+    dtype: str = "auto"
+    device: str = "auto"
+    checkpoints: tuple[tuple[str, str], ...] = ()
+    prompts: str = "synthetic"
+    dataset: str | None = None
+    decode: DecodeOptions = field(default_factory=DecodeOptions)
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, config: pytest.Config) -> Settings:
+        option = config.getoption
+        checkpoints = dict(option("dlm_checkpoint"))  # a later NAME=PATH wins
+        return cls(
+            grid=option("dlm_grid"),
+            paradigms=option("dlm_paradigms"),
+            models=option("dlm_models"),
+            prompt_lens=option("dlm_prompt"),
+            gen_lens=option("dlm_gen"),
+            batch_sizes=option("dlm_batch"),
+            rounds=option("dlm_rounds"),
+            warmup=option("dlm_warmup"),
+            max_time_s=option("dlm_max_time"),
+            dtype=option("dlm_dtype"),
+            device=option("dlm_device"),
+            checkpoints=tuple(sorted(checkpoints.items())),
+            prompts=option("dlm_prompts"),
+            dataset=option("dlm_dataset"),
+            decode=DecodeOptions(block_len=option("dlm_block_len"), steps=option("dlm_steps")),
+            seed=option("dlm_seed"),
+        )
+
+    def checkpoint(self, model: str) -> str | None:
+        return dict(self.checkpoints).get(model)
+
+    def resolved(self) -> Settings:
+        """Concrete device, dtype and grid for this machine (imports torch)."""
+        import torch
+
+        device = self.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device.startswith("cuda"):
+            if not torch.cuda.is_available():
+                raise ValueError(f"--dlm-device={device}: CUDA is not available on this machine")
+            index = int(device.partition(":")[2] or 0)
+            if index >= torch.cuda.device_count():
+                raise ValueError(f"--dlm-device={device}: only {torch.cuda.device_count()} CUDA device(s) visible")
+        dtype = self.dtype if self.dtype != "auto" else ("bf16" if device.startswith("cuda") else "fp32")
+        grid = self.grid if self.grid != "auto" else ("standard" if device.startswith("cuda") else "smoke")
+        return dataclasses.replace(self, device=device, dtype=dtype, grid=grid)
+
+    @property
+    def torch_device(self) -> torch.device:
+        import torch
+
+        return torch.device(self.device)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        import torch
+
+        return getattr(torch, DTYPES[self.dtype])

@@ -1,0 +1,50 @@
+"""Autoregressive decoding: prefill the prompt into a KV cache, then one greedy token per forward."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+from pytest_dlmbench.paradigms.base import DecodeOptions, ForwardLog, GenerationResult, register, validate_lengths
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel
+
+    from pytest_dlmbench.models import ModelSpec
+
+
+@register
+@dataclass(frozen=True)
+class AutoregressiveDecoder:
+    """Greedy decoding of exactly `gen_len` tokens (EOS ignored); NFE = gen_len."""
+
+    name: ClassVar[str] = "ar"
+
+    @classmethod
+    def from_options(cls, options: DecodeOptions) -> AutoregressiveDecoder:
+        return cls()
+
+    def validate(self, spec: ModelSpec, prompt_len: int, gen_len: int, batch_size: int) -> None:
+        validate_lengths(spec, prompt_len, gen_len, batch_size)
+
+    def describe(self, spec: ModelSpec, gen_len: int) -> dict[str, int | None]:
+        return {"block_size": None, "steps": None}
+
+    def generate(
+        self, model: PreTrainedModel, spec: ModelSpec, prompt_ids: torch.Tensor, gen_len: int, log: ForwardLog
+    ) -> GenerationResult:
+        import torch
+        from transformers import DynamicCache
+
+        self.validate(spec, prompt_ids.shape[1], gen_len, prompt_ids.shape[0])
+        cache = DynamicCache(config=model.config)
+        tokens = torch.empty(prompt_ids.shape[0], gen_len, dtype=torch.long, device=prompt_ids.device)
+        with log.forward("prefill"):  # the prompt's KV enters the cache; its last logit is token 0
+            logits = model(prompt_ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+        tokens[:, 0] = logits[:, -1].argmax(dim=-1)
+        for position in range(1, gen_len):
+            with log.forward("decode"):  # (batch, 1) in, (batch, 1, vocab) out
+                logits = model(tokens[:, position - 1 : position], past_key_values=cache, use_cache=True).logits
+            tokens[:, position] = logits[:, -1].argmax(dim=-1)
+        return log.result(tokens)

@@ -1,0 +1,136 @@
+"""pytest hooks and fixtures of pytest-dlmbench (loaded through the `pytest11` entry point).
+
+Hooks only: options are parsed into a frozen Settings in `pytest_configure`; the machine-
+dependent parts ("auto" device/dtype/grid) are resolved the first time a benchmark needs them,
+so runs without benchmarks, and `pytest --help`, never import torch.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from pytest_dlmbench.grid import SelectionError, points_for
+from pytest_dlmbench.metrics import PointMetrics
+from pytest_dlmbench.options import Settings, add_options
+
+if TYPE_CHECKING:
+    from pytest_dlmbench.loader import ModelCache
+    from pytest_dlmbench.memory import MemoryTracker
+    from pytest_dlmbench.runner import PointRunner
+    from pytest_dlmbench.timing import RegionTimer
+
+SETTINGS = pytest.StashKey[Settings]()
+RESOLVED = pytest.StashKey[Settings]()
+SELECTION_ERROR = pytest.StashKey[str]()
+RESULTS = pytest.StashKey[list[PointMetrics]]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    add_options(parser)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[SETTINGS] = Settings.from_config(config)
+    config.stash[RESULTS] = []
+
+
+def resolved_settings(config: pytest.Config) -> Settings:
+    """The settings with this machine's device, dtype and grid (resolved once)."""
+    if RESOLVED not in config.stash:
+        try:
+            config.stash[RESOLVED] = config.stash[SETTINGS].resolved()
+        except ValueError as error:
+            raise pytest.UsageError(str(error)) from None
+    return config.stash[RESOLVED]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrize every test that asks for `dlm_point` over the selected grid points."""
+    if "dlm_point" not in metafunc.fixturenames:
+        return
+    try:
+        points = points_for(resolved_settings(metafunc.config))
+    except (pytest.UsageError, SelectionError) as error:
+        metafunc.config.stash[SELECTION_ERROR] = str(error)  # raised as a usage error after collection
+        points = []
+    metafunc.parametrize("dlm_point", points, ids=[point.id for point in points])
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config) -> None:
+    if SELECTION_ERROR in config.stash:
+        raise pytest.UsageError(config.stash[SELECTION_ERROR])
+
+
+def _line_writer(config: pytest.Config) -> Callable[[str], None] | None:
+    """Write progress lines straight to the terminal, past output capture."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None:
+        return None
+    capture = config.pluginmanager.get_plugin("capturemanager")
+
+    def write(line: str) -> None:
+        with capture.global_and_fixture_disabled() if capture is not None else nullcontext():
+            reporter.write_line(line)
+
+    return write
+
+
+@pytest.fixture(scope="session")
+def dlm_settings(pytestconfig: pytest.Config) -> Settings:
+    """The resolved --dlm-* settings of this session."""
+    return resolved_settings(pytestconfig)
+
+
+@pytest.fixture(scope="session")
+def dlm_model(dlm_settings: Settings) -> Iterator[ModelCache]:
+    """Session-wide model cache: ``dlm_model.get(name)``; one model in memory at a time."""
+    from pytest_dlmbench.loader import ModelCache
+
+    cache = ModelCache(dlm_settings)
+    yield cache
+    cache.release()
+
+
+@pytest.fixture
+def cuda_timer(dlm_settings: Settings) -> RegionTimer:
+    """Times regions on the benchmark device: ``with cuda_timer.region("x"): ...``; ``cuda_timer.read()``."""
+    from pytest_dlmbench.timing import RegionTimer
+
+    return RegionTimer(dlm_settings.torch_device)
+
+
+@pytest.fixture
+def gpu_memory(dlm_settings: Settings) -> Callable[[], MemoryTracker]:
+    """Makes memory trackers: ``with gpu_memory() as tracker: ...``; then ``tracker.report``."""
+    from pytest_dlmbench.memory import MemoryTracker
+
+    return functools.partial(MemoryTracker, dlm_settings.torch_device)
+
+
+@pytest.fixture
+def dlm_bench(benchmark: Any, dlm_settings: Settings, dlm_model: ModelCache, pytestconfig: pytest.Config) -> PointRunner:
+    """Runs one point: ``dlm_bench(dlm_point)`` or ``dlm_bench(point, generate=fn, vocab_size=n)``."""
+    from pytest_dlmbench.runner import PointRunner
+
+    return PointRunner(benchmark, dlm_settings, dlm_model, _line_writer(pytestconfig), pytestconfig.stash[RESULTS].append)
+
+
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict[str, Any]) -> None:
+    from pytest_dlmbench.machine import machine_info as dlmbench_machine_info
+
+    machine_info["dlmbench"] = dlmbench_machine_info(resolved_settings(config))
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    results = config.stash.get(RESULTS, [])
+    if results:
+        from pytest_dlmbench.report import summary_table
+
+        terminalreporter.section("dlmbench")
+        terminalreporter.write_line(summary_table(results))

@@ -1,0 +1,155 @@
+"""Running one benchmark point under pytest-benchmark: the object behind the `dlm_bench` fixture.
+
+Order of work for a point: model (cached, untimed) -> prompt ids -> warm-up generations, the
+first one under the memory tracker -> rounds chosen from the time budget -> timed rounds via
+`benchmark.pedantic` with a device-synchronizing target, so pytest-benchmark's saved statistics
+are true device seconds -> metrics into `benchmark.extra_info`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from typing import TYPE_CHECKING, Any
+
+from pytest_dlmbench.grid import BenchPoint
+from pytest_dlmbench.memory import MemoryReport, MemoryTracker
+from pytest_dlmbench.metrics import PointMetrics
+from pytest_dlmbench.paradigms import ForwardLog, GenerationResult, make_paradigm
+from pytest_dlmbench.prompts import gsm8k_prompts, load_gsm8k, synthetic_prompts
+from pytest_dlmbench.timing import RegionTimer, synchronize
+
+if TYPE_CHECKING:
+    import torch
+
+    from pytest_dlmbench.loader import ModelCache
+    from pytest_dlmbench.options import Settings
+
+# A user's generate callable: prompt ids (batch, prompt_len) -> ids (batch, gen_len), or a
+# GenerationResult when it also knows its forward count.
+GenerateFn = Callable[["torch.Tensor"], "torch.Tensor | GenerationResult"]
+
+
+class Progress:
+    """Prints a line about a long point every `interval_s` seconds (never for short points)."""
+
+    def __init__(self, write_line: Callable[[str], None] | None, label: str, interval_s: float = 5.0) -> None:
+        self.write_line = write_line
+        self.label = label
+        self.interval_s = interval_s
+        self.phase = ""
+        self.started = self.last = time.monotonic()
+
+    def __call__(self, nfe: int) -> None:
+        now = time.monotonic()
+        if self.write_line is not None and now - self.last >= self.interval_s:
+            self.last = now
+            self.write_line(f"  {self.label}: {self.phase}, {nfe} forwards ({now - self.started:.0f} s elapsed)")
+
+
+class PointRunner:
+    """``dlm_bench(point)`` runs a built-in paradigm; ``dlm_bench(point, generate=fn)`` times yours."""
+
+    def __init__(
+        self,
+        benchmark: Any,
+        settings: Settings,
+        models: ModelCache,
+        write_line: Callable[[str], None] | None = None,
+        record: Callable[[PointMetrics], None] | None = None,
+    ) -> None:
+        self.benchmark = benchmark
+        self.settings = settings
+        self.models = models
+        self.write_line = write_line
+        self.record = record
+        self._gsm8k: tuple[list[dict[str, Any]], list[dict[str, Any]]] | None = None
+
+    def __call__(self, point: BenchPoint, generate: GenerateFn | None = None, vocab_size: int | None = None) -> PointMetrics:
+        import torch
+
+        settings = self.settings
+        device = settings.torch_device
+        progress = Progress(self.write_line, point.id)
+        if generate is None:
+            loaded = self.models.get(point.model)
+            spec, model = loaded.spec, loaded.model
+            paradigm = make_paradigm(point.paradigm, settings.decode)
+            paradigm.validate(spec, point.prompt_len, point.gen_len, point.batch_size)
+            prompt_ids = self._prompts(point, loaded)
+            describe = {"weights": loaded.weights, **paradigm.describe(spec, point.gen_len)}
+
+            def run_once() -> GenerationResult:
+                log = ForwardLog(RegionTimer(device), progress)
+                return paradigm.generate(model, spec, prompt_ids, point.gen_len, log)
+        else:
+            if vocab_size is None:
+                raise ValueError("dlm_bench(point, generate=fn) also needs vocab_size= for the prompt ids")
+            prompt_ids = synthetic_prompts(vocab_size, point.batch_size, point.prompt_len, settings.seed, device)
+            describe = {"weights": "user", "block_size": None, "steps": None}
+
+            def run_once() -> GenerationResult:
+                out = generate(prompt_ids)
+                return out if isinstance(out, GenerationResult) else GenerationResult(tokens=out, nfe=0)
+
+        describe |= {"strategy": "baseline", "dtype": settings.dtype, "device": settings.device,
+                     "prompt_source": settings.prompts if generate is None else "synthetic"}
+
+        with torch.inference_mode():
+            memory, warm_s = MemoryReport(), None
+            for index in range(settings.warmup):
+                progress.phase = f"warm-up {index + 1}/{settings.warmup}"
+                tracker = MemoryTracker(device) if index == 0 else nullcontext()
+                began = time.perf_counter()
+                with tracker:
+                    run_once()
+                synchronize(device)
+                warm_s = time.perf_counter() - began
+                if index == 0:
+                    memory = tracker.report
+            rounds = settings.rounds
+            if warm_s is not None:  # the time budget decides how many rounds this point gets
+                rounds = max(1, min(settings.rounds, math.floor(settings.max_time_s / warm_s)))
+
+            results: list[GenerationResult] = []
+            latencies: list[float] = []
+
+            def timed_round() -> GenerationResult:
+                progress.phase = f"round {len(results) + 1}/{rounds}"
+                began = time.perf_counter()
+                result = run_once()
+                synchronize(device)
+                latencies.append(time.perf_counter() - began)
+                results.append(result)
+                return result
+
+            tracker = MemoryTracker(device) if settings.warmup == 0 else nullcontext()
+            with tracker:
+                self.benchmark.pedantic(timed_round, setup=lambda: synchronize(device), rounds=rounds,
+                                        iterations=1, warmup_rounds=0)
+            if settings.warmup == 0:
+                memory = tracker.report
+
+        forward_ms: dict[str, list[float]] = {}
+        for result in results:
+            for kind, values in result.forward_ms.items():
+                forward_ms.setdefault(kind, []).extend(values)
+        nfe = results[-1].nfe or None
+        metrics = PointMetrics.from_run(
+            point, describe=describe, latencies_s=latencies, nfe=nfe, forward_ms=forward_ms, memory=memory,
+            warmup_rounds=settings.warmup,
+        )
+        self.benchmark.extra_info.update(metrics.to_extra_info())
+        if self.record is not None:
+            self.record(metrics)
+        return metrics
+
+    def _prompts(self, point: BenchPoint, loaded: Any) -> torch.Tensor:
+        settings = self.settings
+        if settings.prompts == "synthetic":
+            return synthetic_prompts(loaded.spec.prompt_vocab_limit, point.batch_size, point.prompt_len, settings.seed, settings.torch_device)
+        if self._gsm8k is None:
+            self._gsm8k = load_gsm8k(settings.dataset)
+        return gsm8k_prompts(loaded.tokenizer(), self._gsm8k, point.batch_size, point.prompt_len, settings.torch_device)

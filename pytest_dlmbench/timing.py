@@ -1,0 +1,72 @@
+"""Device-true timing: CUDA events per region, and a synchronizing wrapper for whole calls.
+
+The CUDA-versus-CPU branch lives here and nowhere else: on CUDA, regions are bracketed by
+events and read with a single synchronize; on CPU, `perf_counter` gives the same interface.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    import torch
+
+T = TypeVar("T")
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait until all queued work on `device` has finished (a no-op off CUDA)."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def synchronized(fn: Callable[[], T], device: torch.device) -> Callable[[], T]:
+    """`fn` followed by a device synchronize, so a wall-clock timer around it sees device time."""
+
+    def call() -> T:
+        result = fn()
+        synchronize(device)
+        return result
+
+    return call
+
+
+class RegionTimer:
+    """Times named regions (e.g. each forward pass) in milliseconds without stalling the device."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._cuda = device.type == "cuda"
+        self._pending: dict[str, list[tuple[torch.cuda.Event, torch.cuda.Event]]] = defaultdict(list)
+        self._done_ms: dict[str, list[float]] = defaultdict(list)
+
+    @contextmanager
+    def region(self, name: str) -> Iterator[None]:
+        if self._cuda:
+            import torch
+
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            yield
+            end.record()
+            self._pending[name].append((start, end))
+        else:
+            began = time.perf_counter()
+            yield
+            self._done_ms[name].append((time.perf_counter() - began) * 1e3)
+
+    def read(self) -> dict[str, list[float]]:
+        """Milliseconds per region name, in recording order (one synchronize on CUDA)."""
+        if self._pending:
+            synchronize(self.device)
+            for name, pairs in self._pending.items():
+                self._done_ms[name].extend(start.elapsed_time(end) for start, end in pairs)
+            self._pending.clear()
+        return {name: list(values) for name, values in self._done_ms.items()}
