@@ -1,0 +1,165 @@
+"""Plugin behaviour through pytester: saved results, options, usage errors, user generate functions."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import weakref
+
+import pytest
+
+# Inline pytester runs drop modules first imported during the run; torch cannot be imported twice.
+import torch  # noqa: F401
+import transformers.models.llama.modeling_llama  # noqa: F401
+import transformers.models.qwen2.modeling_qwen2  # noqa: F401
+
+FIXED_KEYS = {
+    "paradigm", "strategy", "model", "weights", "dtype", "device", "prompt_len", "gen_len", "batch_size",
+    "block_size", "steps", "tokens_generated", "tokens_per_s", "latency_s", "nfe", "tokens_per_forward",
+    "ms_per_forward", "prefill_ms", "peak_mem_allocated_bytes", "peak_mem_reserved_bytes", "nvml_peak_used_bytes",
+    "status",
+}
+
+GRID_TEST = """
+def test_generation(dlm_bench, dlm_point):
+    dlm_bench(dlm_point)
+"""
+
+SMALL = ("--dlm-prompt=16", "--dlm-gen=32", "--dlm-batch=1", "--dlm-rounds=2", "--dlm-warmup=1", "-p", "no:cacheprovider")
+
+
+def run_json(pytester: pytest.Pytester, *args: str) -> dict:
+    pytester.makepyfile(test_grid=GRID_TEST)
+    result = pytester.runpytest("--benchmark-json=out.json", *args)
+    assert result.ret == 0, result.stdout.str()
+    return json.loads((pytester.path / "out.json").read_text())
+
+
+def test_saved_json_has_every_fixed_key_for_all_three_paradigms(pytester):
+    data = run_json(pytester, *SMALL)
+    names = [bench["name"] for bench in data["benchmarks"]]
+    assert names == [
+        "test_generation[ar-tiny-ar-p16-g32-b1]",
+        "test_generation[dlm-tiny-dlm-p16-g32-b1]",
+        "test_generation[block-tiny-block-p16-g32-b1]",
+    ]
+    for bench in data["benchmarks"]:
+        info = bench["extra_info"]
+        assert FIXED_KEYS <= set(info)
+        assert info["status"] == "ok" and info["weights"] == "random" and info["device"] == "cpu"
+        assert info["tokens_generated"] == 32
+        assert info["tokens_per_s"] == pytest.approx(32 / info["latency_s"])
+        assert info["rounds"] == bench["stats"]["rounds"] == 2
+        assert bench["stats"]["median"] == pytest.approx(info["latency_s"], rel=0.05, abs=5e-3)
+    assert data["machine_info"]["dlmbench"]["torch"]
+
+
+def test_terminal_summary_lists_every_point(pytester):
+    pytester.makepyfile(test_grid=GRID_TEST)
+    result = pytester.runpytest(*SMALL)
+    result.stdout.fnmatch_lines(["*= dlmbench =*", "paradigm*model*tok/s*ms/forward*NFE*TPF*peak MiB*",
+                                 "ar*tiny-ar*16*32*1*", "dlm*tiny-dlm*", "block*tiny-block*"])
+
+
+def test_rounds_follow_the_time_budget(pytester):
+    data = run_json(pytester, *SMALL, "--dlm-rounds=5", "--dlm-max-time=0.000001", "--dlm-paradigms=ar")
+    assert [b["extra_info"]["rounds"] for b in data["benchmarks"]] == [1]
+
+
+def test_no_warmup_still_measures_memory(pytester):
+    data = run_json(pytester, *SMALL, "--dlm-warmup=0", "--dlm-paradigms=dlm")
+    info = data["benchmarks"][0]["extra_info"]
+    assert info["warmup_rounds"] == 0 and info["peak_rss_bytes"] > 0
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("--dlm-rounds=0", "'0' is not an integer >= 1"),
+        ("--dlm-paradigms=ar,beam", "unknown paradigm 'beam'; allowed: all, ar, block, dlm"),
+        ("--dlm-models=gpt-9", "unknown model 'gpt-9'"),
+        ("--dlm-dtype=int8", "'int8' is not a dtype; allowed: auto, bf16, fp16, fp32"),
+        ("--dlm-device=tpu", "'tpu' is not a device"),
+        ("--dlm-gen=12,x", "'x' is not an integer >= 1"),
+        ("--dlm-max-time=-3", "'-3' is not a positive number"),
+        ("--dlm-grid=huge", "'huge' is not a grid; allowed: auto, smoke, standard, paper"),
+        ("--dlm-checkpoint=tiny-ar", "'tiny-ar' is not NAME=PATH"),
+        ("--dlm-checkpoint=tiny-ar=/no/such/dir", "'/no/such/dir' for tiny-ar is not a directory"),
+        ("--dlm-prompts=wiki", "'wiki' is not a prompt source; allowed: synthetic, gsm8k"),
+    ],
+)
+def test_bad_option_values_are_usage_errors(pytester, option, message):
+    pytester.makepyfile(test_grid=GRID_TEST)
+    result = pytester.runpytest(option)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert message in result.stderr.str()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (("--dlm-gen=999",), "select no point of the smoke grid"),
+        (("--dlm-block-len=48", "--dlm-paradigms=dlm"), "gen_len=32 must be a positive multiple of block_len=48"),
+        (("--dlm-prompts=gsm8k", "--dlm-paradigms=ar"), "--dlm-prompts=gsm8k needs tiny-ar's tokenizer"),
+    ],
+)
+def test_unrunnable_selections_are_usage_errors(pytester, options, message):
+    pytester.makepyfile(test_grid=GRID_TEST)
+    result = pytester.runpytest(*options)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert message in result.stderr.str()
+
+
+def test_cuda_device_without_cuda_is_a_usage_error(pytester):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    pytester.makepyfile(test_grid=GRID_TEST)
+    result = pytester.runpytest("--dlm-device=cuda")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "--dlm-device=cuda: CUDA is not available" in result.stderr.str()
+
+
+def test_models_option_runs_those_models_with_their_own_paradigm(pytester):
+    data = run_json(pytester, *SMALL, "--dlm-models=tiny-block", "--dlm-rounds=1")
+    assert [b["extra_info"]["paradigm"] for b in data["benchmarks"]] == ["block"]
+
+
+def test_a_users_generate_function_is_timed(pytester):
+    pytester.makepyfile(test_user="""
+        import time
+        import torch
+        from pytest_dlmbench.grid import BenchPoint
+
+        def test_mine(dlm_bench):
+            def generate(prompt_ids):
+                time.sleep(0.02)
+                return torch.zeros(prompt_ids.shape[0], 8, dtype=torch.long)
+            metrics = dlm_bench(BenchPoint("mine", "my-model", 5, 8, 2), generate=generate, vocab_size=100)
+            assert metrics.latency_s >= 0.02 and metrics.weights == "user" and metrics.nfe is None
+    """)
+    result = pytester.runpytest("--benchmark-json=out.json", "-p", "no:cacheprovider")
+    assert result.ret == 0, result.stdout.str()
+    info = json.loads((pytester.path / "out.json").read_text())["benchmarks"][0]["extra_info"]
+    assert info["tokens_per_s"] <= 16 / 0.02 and info["tokens_generated"] == 16
+
+
+def test_model_cache_keeps_one_model_and_frees_the_previous():
+    from pytest_dlmbench.loader import ModelCache
+    from pytest_dlmbench.options import Settings
+
+    cache = ModelCache(Settings(device="cpu", dtype="fp32"))
+    first = cache.get("tiny-ar")
+    assert cache.get("tiny-ar") is first
+    gone = weakref.ref(first.model)
+    del first
+    second = cache.get("tiny-dlm")
+    assert gone() is None, "the previous model is still alive"
+    assert second.spec.name == "tiny-dlm"
+
+
+def test_help_does_not_import_torch():
+    code = "import sys, pytest_dlmbench.plugin, pytest_dlmbench.cli; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    result = subprocess.run([sys.executable, "-m", "pytest", "--help"], capture_output=True, text=True, check=True)
+    assert "--dlm-grid" in result.stdout and "--dlm-max-time" in result.stdout
