@@ -7,7 +7,7 @@ import torch
 
 from helpers import Recorder, new_log, prompt, reference_block_diffusion, reference_llada, tiny
 from pytest_dlmbench.paradigms import DecodeError, DecodeOptions, make_paradigm
-from pytest_dlmbench.paradigms.dlm import linear_schedule
+from pytest_dlmbench.paradigms.acceptance import linear_schedule
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +117,7 @@ def test_block_forward_count_matches_the_algorithm(block_model):
     ("paradigm", "model_name", "options", "prompt_len", "gen_len", "batch", "message"),
     [
         ("dlm", "tiny-dlm", DecodeOptions(block_len=32), 8, 48, 1, "multiple of block_len=32"),
-        ("dlm", "tiny-dlm", DecodeOptions(block_len=16, steps=30), 8, 64, 1, "steps=30"),
+        ("dlm", "tiny-dlm", DecodeOptions(block_len=16, steps=30), 8, 64, 1, "steps=30 must be a multiple"),
         ("ar", "tiny-ar", DecodeOptions(), 8, 16, 0, "batch_size=0"),
         ("block", "tiny-block", DecodeOptions(), 2000, 64, 1, "exceeds tiny-block's 2048 positions"),
         ("dlm", "tiny-ar", DecodeOptions(), 8, 32, 1, "no mask token"),

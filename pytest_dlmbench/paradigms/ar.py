@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pytest_dlmbench.paradigms.base import DecodeOptions, ForwardLog, GenerationResult, register, validate_lengths
 
@@ -20,16 +20,17 @@ class AutoregressiveDecoder:
     """Greedy decoding of exactly `gen_len` tokens (EOS ignored); NFE = gen_len."""
 
     name: ClassVar[str] = "ar"
+    strategies: ClassVar[tuple[str, ...]] = ("baseline",)
 
     @classmethod
-    def from_options(cls, options: DecodeOptions) -> AutoregressiveDecoder:
+    def from_options(cls, options: DecodeOptions, strategy: str = "baseline") -> AutoregressiveDecoder:
         return cls()
 
     def validate(self, spec: ModelSpec, prompt_len: int, gen_len: int, batch_size: int) -> None:
         validate_lengths(spec, prompt_len, gen_len, batch_size)
 
-    def describe(self, spec: ModelSpec, gen_len: int) -> dict[str, int | None]:
-        return {"block_size": None, "steps": None}
+    def describe(self, spec: ModelSpec, gen_len: int) -> dict[str, Any]:
+        return {"block_size": None, "steps": None, "acceptance": "fixed", "threshold": None, "tpf_target": None}
 
     def generate(
         self, model: PreTrainedModel, spec: ModelSpec, prompt_ids: torch.Tensor, gen_len: int, log: ForwardLog

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
+from pytest_dlmbench.paradigms.acceptance import Acceptance, TargetTPF, Threshold
 from pytest_dlmbench.timing import RegionTimer
 
 if TYPE_CHECKING:
@@ -26,6 +27,14 @@ class DecodeOptions:
 
     block_len: int = 32  # dlm: semi-autoregressive block length
     steps: int | None = None  # dlm: total denoising steps (None: one per generated token)
+    threshold: float = 0.9  # parallel strategies: commit what is more confident than this
+    tpf: float | None = None  # parallel strategies: simulated tokens per forward (None: the model decides)
+    subblock_len: int | None = None  # block: sub-block length (None: the model's)
+    refresh_every_step: bool = False  # caching strategies: rebuild the cache at every step (a test of the plumbing)
+
+    def acceptance(self) -> Acceptance:
+        """The commit rule of the parallel strategies."""
+        return TargetTPF(self.tpf) if self.tpf is not None else Threshold(self.threshold)
 
 
 @dataclass(frozen=True)
@@ -62,11 +71,12 @@ class Paradigm(Protocol):
     """A decoding algorithm: validates a request, then generates exactly `gen_len` tokens."""
 
     name: ClassVar[str]
+    strategies: ClassVar[tuple[str, ...]]  # the first is the baseline
 
     def validate(self, spec: ModelSpec, prompt_len: int, gen_len: int, batch_size: int) -> None: ...
 
-    def describe(self, spec: ModelSpec, gen_len: int) -> dict[str, int | None]:
-        """The `block_size` and `steps` this decoder uses for `gen_len` (None where it has none)."""
+    def describe(self, spec: ModelSpec, gen_len: int) -> dict[str, Any]:
+        """extra_info labels: `block_size`, `steps`, `acceptance`, `threshold`, `tpf_target`."""
         ...
 
     def generate(
@@ -96,24 +106,23 @@ def register(cls: P) -> P:
     return cls
 
 
-def make_paradigm(name: str, options: DecodeOptions) -> Paradigm:
-    """An instance of the paradigm registered as `name`, configured from `options`."""
+def make_paradigm(name: str, options: DecodeOptions, strategy: str = "baseline") -> Paradigm:
+    """An instance of the paradigm registered as `name`, running `strategy`, configured from `options`."""
     try:
         cls = PARADIGMS[name]
     except KeyError:
         raise DecodeError(f"unknown paradigm {name!r}; known paradigms: {', '.join(PARADIGMS)}") from None
-    return cls.from_options(options)
+    if strategy not in cls.strategies:
+        raise DecodeError(f"paradigm {name} has no strategy {strategy!r}; it has: {', '.join(cls.strategies)}")
+    return cls.from_options(options, strategy)
 
 
-def greedy_confidence(logits: torch.Tensor, mask_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Greedy prediction and its softmax probability per position; the mask token is never predicted.
+def labels(acceptance: Acceptance, **extra: Any) -> dict[str, Any]:
+    """The acceptance part of `describe()`."""
+    return {
+        "acceptance": acceptance.label,
+        "threshold": acceptance.threshold,
+        "tpf_target": getattr(acceptance, "tpf", None),
+        **extra,
+    }
 
-    logits: (batch, positions, vocab) -> confidence (batch, positions) float32, tokens (batch, positions).
-    """
-    import torch
-
-    logits = logits.float()
-    logits[..., mask_token_id] = -torch.inf  # committing a mask would leave the answer unfinished
-    probs = torch.softmax(logits, dim=-1)
-    confidence, tokens = probs.max(dim=-1)
-    return confidence, tokens

@@ -3,26 +3,34 @@
 Blocks sit at absolute multiples of the block size. The block-aligned part of the prompt is
 prefilled under the block-causal mask (a query block sees key blocks at or before it). Each
 block is then denoised sub-block by sub-block: a forward over the whole block against the cached
-prefix (whose own KV is dropped again), logits shifted by one token, and every masked position
-of the sub-block whose confidence exceeds the threshold committed, plus the most confident one.
-A finished block is forwarded once more to append its KV; that forward's last logit is the
-next block's first token.
+prefix (whose own KV is dropped again), logits shifted by one token, and the masked positions of
+the sub-block committed by the acceptance rule. A finished block is forwarded once more to
+append its KV; that forward's last logit is the next block's first token.
+
+- baseline: threshold 1.0, so exactly one token per step.
+- parallel: every masked position of the sub-block above the threshold (0.9), plus the most
+  confident one (or a simulated tokens-per-forward target with random weights).
+- parallel+subblock_cache: the sub-block's first step forwards the whole block and keeps its KV;
+  later steps forward only the sub-block (and the position before it, for the token shift)
+  against prefix + block KV, the rest of the block's KV going stale until the next sub-block.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from pytest_dlmbench.paradigms.acceptance import Acceptance, Threshold, commit, greedy_confidence
 from pytest_dlmbench.paradigms.base import (
     DecodeError,
     DecodeOptions,
     ForwardLog,
     GenerationResult,
-    greedy_confidence,
+    labels,
     register,
     validate_lengths,
 )
+from pytest_dlmbench.paradigms.kv import drop_span, forward_span, truncate
 
 if TYPE_CHECKING:
     import torch
@@ -39,42 +47,36 @@ def block_causal_mask(length: int, block_size: int, device: torch.device) -> tor
     return (blocks[:, None] >= blocks[None, :])[None, None]
 
 
-def commit_confident(
-    x_span: torch.Tensor, logits: torch.Tensor, mask_id: int, threshold: float
-) -> torch.Tensor:
-    """New span: masked positions above `threshold` confidence, and each row's most confident one.
-
-    x_span: (batch, n) ids; logits: (batch, n, vocab), already aligned to the span's positions.
-    """
-    import torch
-
-    confidence, predicted = greedy_confidence(logits, mask_id)
-    masked = x_span == mask_id
-    confidence = torch.where(masked, confidence, -torch.inf)
-    chosen = confidence > threshold
-    chosen.scatter_(1, confidence.argmax(dim=-1, keepdim=True), True)
-    return torch.where(chosen & masked, predicted, x_span)
-
-
 @register
 @dataclass(frozen=True)
 class BlockDiffusionDecoder:
     """Fast-dLLM v2 decoding; with threshold 1.0 exactly one token is committed per step."""
 
     name: ClassVar[str] = "block"
-    threshold: float = 1.0
+    strategies: ClassVar[tuple[str, ...]] = ("baseline", "parallel", "parallel+subblock_cache")
+    acceptance: Acceptance = field(default_factory=lambda: Threshold(1.0))
+    subblock_cache: bool = False
+    subblock_len: int | None = None  # None: the model's sub-block size
+    refresh_every_step: bool = False
 
     @classmethod
-    def from_options(cls, options: DecodeOptions) -> BlockDiffusionDecoder:
-        return cls()
+    def from_options(cls, options: DecodeOptions, strategy: str = "baseline") -> BlockDiffusionDecoder:
+        acceptance = Threshold(1.0) if strategy == "baseline" else options.acceptance()
+        return cls(acceptance=acceptance, subblock_cache=strategy.endswith("subblock_cache"),
+                   subblock_len=options.subblock_len, refresh_every_step=options.refresh_every_step)
 
-    def describe(self, spec: ModelSpec, gen_len: int) -> dict[str, int | None]:
-        return {"block_size": spec.block_size, "steps": None}  # steps follow from the threshold
+    def describe(self, spec: ModelSpec, gen_len: int) -> dict[str, Any]:
+        fixed = isinstance(self.acceptance, Threshold) and self.acceptance.threshold >= 1.0
+        extra = {"acceptance": "fixed"} if fixed else {}  # a threshold of 1.0 commits one token whatever the weights
+        return labels(self.acceptance, block_size=spec.block_size, steps=None, **extra)
 
     def validate(self, spec: ModelSpec, prompt_len: int, gen_len: int, batch_size: int) -> None:
         validate_lengths(spec, prompt_len, gen_len, batch_size)
         if spec.mask_token_id is None or spec.block_size is None or spec.subblock_size is None:
             raise DecodeError(f"model {spec.name} is not a block-diffusion model (needs mask token and block sizes)")
+        subblock = self.subblock_len or spec.subblock_size
+        if spec.block_size % subblock:
+            raise DecodeError(f"subblock_len={subblock} must divide {spec.name}'s block size {spec.block_size}")
 
     def generate(
         self, model: PreTrainedModel, spec: ModelSpec, prompt_ids: torch.Tensor, gen_len: int, log: ForwardLog
@@ -84,13 +86,15 @@ class BlockDiffusionDecoder:
 
         batch, prompt_len = prompt_ids.shape
         self.validate(spec, prompt_len, gen_len, batch)
-        mask_id, block_size, subblock_size = spec.mask_token_id, spec.block_size, spec.subblock_size
+        mask_id, block_size = spec.mask_token_id, spec.block_size
+        subblock_size = self.subblock_len or spec.subblock_size
+        threshold = self.acceptance.threshold
         total = prompt_len + gen_len
         answer = torch.full((batch, gen_len), mask_id, dtype=torch.long, device=prompt_ids.device)
         x = torch.cat([prompt_ids, answer], dim=1)  # (batch, total)
         cache = DynamicCache(config=model.config)
         aligned = prompt_len // block_size * block_size
-        next_logits = None  # (batch, vocab): the prediction for the next block's first position
+        next_logits = None  # (batch, 1, vocab): the prediction for the next block's first position
         if aligned:
             with log.forward("prefill"):
                 mask = block_causal_mask(aligned, block_size, x.device)
@@ -99,18 +103,32 @@ class BlockDiffusionDecoder:
         for start in range(aligned, total, block_size):
             end = min(start + block_size, total)
             if start >= prompt_len:  # token shift: the previous forward's last logit predicts it
-                x[:, start : start + 1] = commit_confident(x[:, start : start + 1], next_logits, mask_id, self.threshold)
+                x[:, start] = greedy_confidence(next_logits, mask_id)[1][:, 0]
             for sub_start in range(start, end, subblock_size):
                 sub = slice(sub_start, min(sub_start + subblock_size, end))
+                span_start = max(sub.start - 1, start)  # the sub-block and the position its first logit comes from
                 # logits for position p come from p - 1 (position `start` is never masked here)
-                rows = (torch.arange(sub.start, sub.stop, device=x.device) - 1).clamp(min=start) - start
+                shifted = (torch.arange(sub.start, sub.stop, device=x.device) - 1).clamp(min=start)
+                counts = self.acceptance.counts(sub.stop - sub.start)
+                step = 0
                 while bool((x[:, sub] == mask_id).any()):
-                    with log.forward("step"):  # (batch, block) against the cached prefix, no mask
-                        logits = model(
-                            x[:, start:end], past_key_values=cache, use_cache=True, is_causal=False, logits_to_keep=rows
-                        ).logits  # (batch, sub-block, vocab)
-                    cache.crop(-(end - start))  # keep only the prefix
-                    x[:, sub] = commit_confident(x[:, sub], logits, mask_id, self.threshold)
+                    if not self.subblock_cache or step == 0 or self.refresh_every_step:
+                        truncate(cache, start)
+                        with log.forward("step" if not self.subblock_cache or step == 0 else "refresh"):
+                            # (batch, block) against the cached prefix, no mask
+                            logits = model(x[:, start:end], past_key_values=cache, use_cache=True, is_causal=False,
+                                           logits_to_keep=shifted - start).logits  # (batch, sub-block, vocab)
+                        if self.subblock_cache:
+                            drop_span(cache, span_start, sub.stop)  # keep prefix + the rest of the block
+                        else:
+                            truncate(cache, start)
+                    if self.subblock_cache and step > 0:
+                        with log.forward("step"):
+                            logits = forward_span(model, x[:, span_start : sub.stop], span_start, cache,
+                                                  shifted - span_start, is_causal=False)
+                    x[:, sub] = commit(x[:, sub], logits, mask_id, next(counts), threshold)
+                    step += 1
+            truncate(cache, start)
             if end < total:
                 with log.forward("commit"):  # append the finished block's KV
                     out = model(x[:, start:end], past_key_values=cache, use_cache=True, is_causal=False, logits_to_keep=1)

@@ -1,24 +1,35 @@
-"""Masked diffusion (LLaDA): every step is one bidirectional forward over prompt + answer.
+"""Masked diffusion (LLaDA), with Fast-dLLM's caching and parallel-decoding strategies.
 
 The answer starts as `gen_len` mask tokens, split into semi-autoregressive blocks decoded left
-to right. The step budget is split evenly over the blocks; each step commits the k most
-confident masked positions of the current block, k following LLaDA's linear schedule.
+to right; each forward scores the masked positions of the current block by the softmax
+probability of their argmax and commits some of them (the acceptance rule decides how many).
+
+- baseline: every step is one bidirectional forward over prompt + answer; the step budget is
+  split evenly over the blocks and LLaDA's linear schedule sets the commits per step.
+- prefix_cache: the block's first step is a full forward that also fills a KV cache; later
+  steps forward only the block and everything after it, against the cached prefix.
+- dual_cache: as prefix_cache, but the suffix after the block is cached too (its KV goes stale
+  within the block and is refreshed at the next block), so later steps forward only the block.
+- parallel / dual_cache+parallel: commit every masked position above the confidence threshold
+  (or a simulated tokens-per-forward target), at least one; the block repeats until done.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from pytest_dlmbench.paradigms.acceptance import Acceptance, Schedule, commit
 from pytest_dlmbench.paradigms.base import (
     DecodeError,
     DecodeOptions,
     ForwardLog,
     GenerationResult,
-    greedy_confidence,
+    labels,
     register,
     validate_lengths,
 )
+from pytest_dlmbench.paradigms.kv import drop_span, forward_span, truncate
 
 if TYPE_CHECKING:
     import torch
@@ -26,31 +37,38 @@ if TYPE_CHECKING:
 
     from pytest_dlmbench.models import ModelSpec
 
-
-def linear_schedule(masked: int, steps: int) -> list[int]:
-    """Tokens to commit at each of `steps` steps: masked // steps each, the remainder first."""
-    base, remainder = divmod(masked, steps)
-    return [base + (1 if step < remainder else 0) for step in range(steps)]
+CACHES = ("none", "prefix", "dual")
 
 
 @register
 @dataclass(frozen=True)
 class MaskedDiffusionDecoder:
-    """LLaDA low-confidence remasking, greedy; NFE = steps."""
+    """LLaDA low-confidence remasking, greedy; NFE = steps for the scheduled strategies."""
 
     name: ClassVar[str] = "dlm"
+    strategies: ClassVar[tuple[str, ...]] = ("baseline", "prefix_cache", "dual_cache", "parallel", "dual_cache+parallel")
     block_len: int = 32
     steps: int | None = None  # None: one step per generated token
+    cache: str = "none"  # one of CACHES
+    parallel: Acceptance | None = None  # None: LLaDA's fixed schedule
+    refresh_every_step: bool = False
 
     @classmethod
-    def from_options(cls, options: DecodeOptions) -> MaskedDiffusionDecoder:
-        return cls(block_len=options.block_len, steps=options.steps)
+    def from_options(cls, options: DecodeOptions, strategy: str = "baseline") -> MaskedDiffusionDecoder:
+        cache = {"prefix_cache": "prefix", "dual_cache": "dual", "dual_cache+parallel": "dual"}.get(strategy, "none")
+        parallel = options.acceptance() if strategy.endswith("parallel") else None
+        return cls(block_len=options.block_len, steps=options.steps, cache=cache, parallel=parallel,
+                   refresh_every_step=options.refresh_every_step)
 
     def total_steps(self, gen_len: int) -> int:
         return self.steps if self.steps is not None else gen_len
 
-    def describe(self, spec: ModelSpec, gen_len: int) -> dict[str, int | None]:
-        return {"block_size": self.block_len, "steps": self.total_steps(gen_len)}
+    def acceptance(self, gen_len: int) -> Acceptance:
+        return self.parallel or Schedule(self.total_steps(gen_len) // (gen_len // self.block_len))
+
+    def describe(self, spec: ModelSpec, gen_len: int) -> dict[str, Any]:
+        steps = None if self.parallel else self.total_steps(gen_len)
+        return labels(self.acceptance(gen_len), block_size=self.block_len, steps=steps)
 
     def validate(self, spec: ModelSpec, prompt_len: int, gen_len: int, batch_size: int) -> None:
         validate_lengths(spec, prompt_len, gen_len, batch_size)
@@ -59,30 +77,46 @@ class MaskedDiffusionDecoder:
         if self.block_len <= 0 or gen_len % self.block_len:
             raise DecodeError(f"gen_len={gen_len} must be a positive multiple of block_len={self.block_len}")
         blocks, steps = gen_len // self.block_len, self.total_steps(gen_len)
-        if steps <= 0 or steps % blocks:
-            raise DecodeError(f"steps={steps} must be a positive multiple of the number of blocks ({blocks})")
+        if not 0 < steps <= gen_len or steps % blocks:
+            raise DecodeError(
+                f"steps={steps} must be a multiple of the number of blocks ({blocks}) and at most gen_len={gen_len}"
+            )
 
     def generate(
         self, model: PreTrainedModel, spec: ModelSpec, prompt_ids: torch.Tensor, gen_len: int, log: ForwardLog
     ) -> GenerationResult:
         import torch
+        from transformers import DynamicCache
 
         batch, prompt_len = prompt_ids.shape
         self.validate(spec, prompt_len, gen_len, batch)
-        mask_id = spec.mask_token_id
+        mask_id, total = spec.mask_token_id, prompt_len + gen_len
         answer = torch.full((batch, gen_len), mask_id, dtype=torch.long, device=prompt_ids.device)
         x = torch.cat([prompt_ids, answer], dim=1)  # (batch, prompt_len + gen_len)
-        steps_per_block = self.total_steps(gen_len) // (gen_len // self.block_len)
-        for start in range(prompt_len, prompt_len + gen_len, self.block_len):
-            block = slice(start, start + self.block_len)
-            logit_rows = torch.arange(start, start + self.block_len, device=x.device)
-            for commit_count in linear_schedule(self.block_len, steps_per_block):
-                with log.forward("step"):  # full bidirectional forward; logits for this block only
-                    logits = model(x, logits_to_keep=logit_rows).logits  # (batch, block_len, vocab)
-                confidence, predicted = greedy_confidence(logits, mask_id)
-                masked = x[:, block] == mask_id  # (batch, block_len)
-                confidence = torch.where(masked, confidence, -torch.inf)
-                chosen = torch.zeros_like(masked)
-                chosen.scatter_(1, confidence.topk(commit_count, dim=-1).indices, True)  # k most confident
-                x[:, block] = torch.where(chosen, predicted, x[:, block])
+        acceptance = self.acceptance(gen_len)
+        block_rows = torch.arange(self.block_len, device=x.device)
+        for start in range(prompt_len, total, self.block_len):
+            end = start + self.block_len
+            counts = acceptance.counts(self.block_len)
+            cache, step = None, 0
+            while bool((x[:, start:end] == mask_id).any()):
+                if self.cache == "none":
+                    with log.forward("step"):  # full bidirectional forward; logits for this block only
+                        logits = model(x, logits_to_keep=block_rows + start).logits  # (batch, block, vocab)
+                if self.cache != "none" and (step == 0 or self.refresh_every_step):
+                    cache = DynamicCache(config=model.config)
+                    with log.forward("refresh"):  # full forward that also fills the cache
+                        logits = model(x, past_key_values=cache, use_cache=True, logits_to_keep=block_rows + start).logits
+                    if self.cache == "prefix":
+                        truncate(cache, start)  # keep positions before the block
+                    else:
+                        drop_span(cache, start, end)  # keep prefix and suffix
+                if self.cache != "none" and step > 0:
+                    with log.forward("step"):
+                        if self.cache == "prefix":  # the block and everything after it
+                            logits = forward_span(model, x[:, start:], start, cache, block_rows)
+                        else:  # the block alone, between cached prefix and suffix
+                            logits = forward_span(model, x[:, start:end], start, cache, block_rows)
+                x[:, start:end] = commit(x[:, start:end], logits, mask_id, next(counts), acceptance.threshold)
+                step += 1
         return log.result(x[:, prompt_len:])
