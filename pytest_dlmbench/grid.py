@@ -11,6 +11,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pytest_dlmbench.models import MODEL_SPECS
+from pytest_dlmbench.paradigms import PARADIGMS
+
+# Every strategy name, in the order the paradigms list them (baseline first).
+STRATEGIES: tuple[str, ...] = tuple(dict.fromkeys(s for cls in PARADIGMS.values() for s in cls.strategies))
 
 if TYPE_CHECKING:
     from pytest_dlmbench.options import Settings
@@ -25,10 +29,17 @@ class BenchPoint:
     prompt_len: int
     gen_len: int
     batch_size: int
+    strategy: str = "baseline"
 
     @property
     def id(self) -> str:
-        return f"{self.paradigm}-{self.model}-p{self.prompt_len}-g{self.gen_len}-b{self.batch_size}"
+        base = f"{self.paradigm}-{self.model}-p{self.prompt_len}-g{self.gen_len}-b{self.batch_size}"
+        return base if self.strategy == "baseline" else f"{base}-{self.strategy}"
+
+    @property
+    def shape_key(self) -> tuple[str, str, int, int, int]:
+        """The point without its strategy: strategies of one shape are compared on it."""
+        return (self.paradigm, self.model, self.prompt_len, self.gen_len, self.batch_size)
 
 
 @dataclass(frozen=True)
@@ -39,6 +50,7 @@ class Grid:
     gen_lens: tuple[int, ...]  # swept at batch 1
     batch_sizes: tuple[int, ...]  # swept at `batch_gen_len`
     batch_gen_len: int
+    strategies: tuple[str, ...] = ("baseline",)  # where the paradigm has them
 
     def shapes(self) -> list[tuple[int, int, int]]:
         """(prompt_len, gen_len, batch_size) of both sweeps, without duplicates."""
@@ -50,11 +62,13 @@ class Grid:
 GRIDS: dict[str, Grid] = {
     grid.name: grid
     for grid in (
-        Grid("smoke", ("tiny-ar", "tiny-dlm", "tiny-block"), (16, 40), (32, 64), (1, 4), batch_gen_len=32),
+        Grid("smoke", ("tiny-ar", "tiny-dlm", "tiny-block"), (16, 40), (32, 64), (1, 4), batch_gen_len=32,
+             strategies=STRATEGIES),
         Grid("standard", ("llama-3.1-8b", "llada-8b", "fast-dllm-v2-7b"), (40, 920), (64, 256, 1024), (1, 4, 16),
              batch_gen_len=256),
+        # The seed paper measured dual cache and parallel decoding for LLaDA, parallel for block diffusion.
         Grid("paper", ("llama-3.1-8b", "llada-8b", "fast-dllm-v2-7b"), (40, 920), (64, 128, 256, 512, 1024, 2048),
-             (1, 2, 4, 8, 16, 20, 24, 32, 64), batch_gen_len=256),
+             (1, 2, 4, 8, 16, 20, 24, 32, 64), batch_gen_len=256, strategies=("baseline", "dual_cache", "parallel")),
     )
 }
 
@@ -70,9 +84,12 @@ def select_points(
     prompt_lens: tuple[int, ...] | None = None,
     gen_lens: tuple[int, ...] | None = None,
     batch_sizes: tuple[int, ...] | None = None,
+    strategies: Iterable[str] | None = None,
 ) -> list[BenchPoint]:
-    """The grid's points for the chosen models (default: the grid's) and filters, model by model."""
+    """The grid's points for the chosen models (default: the grid's), strategies (default: the
+    grid's) and filters, model by model, each shape's baseline before its other strategies."""
     chosen_models = tuple(models) if models is not None else grid.models
+    wanted_strategies = set(strategies) if strategies is not None else set(grid.strategies)
     wanted_paradigms = set(paradigms) if paradigms is not None else None
     points = []
     for model in chosen_models:
@@ -81,7 +98,8 @@ def select_points(
             continue
         for prompt_len, gen_len, batch_size in grid.shapes():
             if _keep(prompt_len, prompt_lens) and _keep(gen_len, gen_lens) and _keep(batch_size, batch_sizes):
-                points.append(BenchPoint(paradigm, model, prompt_len, gen_len, batch_size))
+                points += [BenchPoint(paradigm, model, prompt_len, gen_len, batch_size, strategy)
+                           for strategy in PARADIGMS[paradigm].strategies if strategy in wanted_strategies]
     return points
 
 
@@ -94,18 +112,17 @@ def points_for(settings: Settings) -> list[BenchPoint]:
     from pytest_dlmbench.paradigms import DecodeError, make_paradigm
 
     grid = GRIDS[settings.grid]
-    points = select_points(
-        grid, settings.paradigms, settings.models, settings.prompt_lens, settings.gen_lens, settings.batch_sizes
-    )
+    points = select_points(grid, settings.paradigms, settings.models, settings.prompt_lens, settings.gen_lens,
+                           settings.batch_sizes, settings.strategies)
     if not points:
         raise SelectionError(
             f"the --dlm-* filters select no point of the {grid.name} grid (models {', '.join(grid.models)}; "
             f"prompts {grid.prompt_lens}; gen {grid.gen_lens} at batch 1; batch {grid.batch_sizes} at gen "
-            f"{grid.batch_gen_len})"
+            f"{grid.batch_gen_len}; strategies {', '.join(grid.strategies)})"
         )
     for point in points:
         try:
-            make_paradigm(point.paradigm, settings.decode).validate(
+            make_paradigm(point.paradigm, settings.decode, point.strategy).validate(
                 MODEL_SPECS[point.model], point.prompt_len, point.gen_len, point.batch_size
             )
         except DecodeError as error:

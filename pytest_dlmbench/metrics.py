@@ -45,6 +45,10 @@ class PointMetrics:
     nvml_peak_used_bytes: int | None
     status: str  # "ok", "oom" or "error"
     # Detail beyond the fixed keys.
+    acceptance: str = "fixed"  # "fixed", "model" (real confidences) or "simulated" (a TPF target)
+    threshold: float | None = None
+    tpf_target: float | None = None
+    token_agreement: float | None = None  # share of tokens equal to the baseline strategy's output
     prompt_source: str = "synthetic"
     rounds: int = 0
     warmup_rounds: int = 0
@@ -64,6 +68,7 @@ class PointMetrics:
         forward_ms: dict[str, list[float]],
         memory: MemoryReport,
         warmup_rounds: int,
+        token_agreement: float | None = None,
     ) -> PointMetrics:
         """Derive every rate from raw readings of one point; `describe` carries the labels."""
         latency = statistics.median(latencies_s) if latencies_s else None
@@ -73,6 +78,7 @@ class PointMetrics:
         prefill = forward_ms.get("prefill", [])
         return cls(
             paradigm=point.paradigm,
+            strategy=point.strategy,
             model=point.model,
             prompt_len=point.prompt_len,
             gen_len=point.gen_len,
@@ -93,6 +99,7 @@ class PointMetrics:
             rounds=len(latencies_s),
             warmup_rounds=warmup_rounds,
             round_latencies_s=tuple(latencies_s),
+            token_agreement=token_agreement,
             **describe,
         )
 

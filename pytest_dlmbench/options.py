@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_dlmbench.grid import GRIDS
+from pytest_dlmbench.grid import GRIDS, STRATEGIES
 from pytest_dlmbench.models import MODEL_SPECS
 from pytest_dlmbench.paradigms import PARADIGMS, DecodeOptions
 
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     import torch
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+DEFAULT_SIMULATED_TPF = 3.0  # tokens per forward of the parallel strategies on random weights
 PROMPT_SOURCES = ("synthetic", "gsm8k")
 
 
@@ -62,14 +63,17 @@ def _int_list(text: str) -> tuple[int, ...]:
     return tuple(positive_int(part) for part in parts)
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
-    return value
+def _number(minimum: float, kind: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not value >= minimum:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {kind}")
+        return value
+
+    return parse
 
 
 def _device(text: str) -> str:
@@ -116,7 +120,7 @@ def add_options(parser: pytest.Parser) -> None:
     add("--dlm-batch", type=_int_list, default=None, help="Only these batch sizes of the grid. Default: all.")
     add("--dlm-rounds", type=positive_int, default=3, help="Most timed rounds per point. Default: 3.")
     add("--dlm-warmup", type=_non_negative_int, default=1, help="Untimed full generations before timing. Default: 1.")
-    add("--dlm-max-time", type=_positive_float, default=60.0,
+    add("--dlm-max-time", type=_number(1e-9, "a positive number of seconds"), default=60.0,
         help="Per-point time budget in seconds: rounds = budget / warm-up time, between 1 and --dlm-rounds. "
         "Default: 60.")
     add("--dlm-dtype", type=_choice(("auto", *DTYPES), "dtype"), default="auto",
@@ -135,6 +139,16 @@ def add_options(parser: pytest.Parser) -> None:
         help="dlm: semi-autoregressive block length; gen lengths must be multiples of it. Default: 32.")
     add("--dlm-steps", type=positive_int, default=None,
         help="dlm: total denoising steps, a multiple of gen_len / block_len. Default: gen_len (one token per step).")
+    add("--dlm-strategies", type=_names("strategy", dict.fromkeys(STRATEGIES)), default=None,
+        help=f"Comma-separated strategies, each run where the paradigm has it ({', '.join(STRATEGIES)} or all). "
+        "Default: the grid's (smoke: all; standard: baseline; paper: baseline, dual_cache, parallel).")
+    add("--dlm-threshold", type=_number(1e-9, "a positive confidence threshold"), default=0.9,
+        help="Parallel strategies with real weights: commit masked positions more confident than this. Default: 0.9.")
+    add("--dlm-tpf", type=_number(1.0, "a tokens-per-forward target >= 1"), default=None,
+        help="Parallel strategies: commit this many of the most confident positions per forward (simulated "
+        f"acceptance). Default: {DEFAULT_SIMULATED_TPF} with random weights; real confidences with a checkpoint.")
+    add("--dlm-subblock-len", type=positive_int, default=None,
+        help="block: sub-block length, a divisor of the block size. Default: the model's (8).")
     add("--dlm-seed", type=_non_negative_int, default=0, help="Seed for random weights and prompts. Default: 0.")
 
 
@@ -157,6 +171,8 @@ class Settings:
     prompts: str = "synthetic"
     dataset: str | None = None
     decode: DecodeOptions = field(default_factory=DecodeOptions)
+    strategies: tuple[str, ...] | None = None
+    tpf: float | None = None  # None: simulated only where the weights are random
     seed: int = 0
 
     @classmethod
@@ -178,12 +194,21 @@ class Settings:
             checkpoints=tuple(sorted(checkpoints.items())),
             prompts=option("dlm_prompts"),
             dataset=option("dlm_dataset"),
-            decode=DecodeOptions(block_len=option("dlm_block_len"), steps=option("dlm_steps")),
+            decode=DecodeOptions(block_len=option("dlm_block_len"), steps=option("dlm_steps"),
+                                 threshold=option("dlm_threshold"), subblock_len=option("dlm_subblock_len")),
+            strategies=option("dlm_strategies"),
+            tpf=option("dlm_tpf"),
             seed=option("dlm_seed"),
         )
 
     def checkpoint(self, model: str) -> str | None:
         return dict(self.checkpoints).get(model)
+
+    def decode_for(self, weights: str) -> DecodeOptions:
+        """Decoder options for a model with these weights: random weights cannot decide acceptance,
+        so their parallel strategies commit a simulated number of tokens per forward."""
+        tpf = self.tpf if self.tpf is not None or weights != "random" else DEFAULT_SIMULATED_TPF
+        return dataclasses.replace(self.decode, tpf=tpf)
 
     def resolved(self) -> Settings:
         """Concrete device, dtype and grid for this machine (imports torch)."""

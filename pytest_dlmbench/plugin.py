@@ -28,6 +28,7 @@ SETTINGS = pytest.StashKey[Settings]()
 RESOLVED = pytest.StashKey[Settings]()
 SELECTION_ERROR = pytest.StashKey[str]()
 RESULTS = pytest.StashKey[list[PointMetrics]]()
+BASELINES = pytest.StashKey[dict]()  # shape key -> baseline strategy's tokens, for token_agreement
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -37,6 +38,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[SETTINGS] = Settings.from_config(config)
     config.stash[RESULTS] = []
+    config.stash[BASELINES] = {}
 
 
 def resolved_settings(config: pytest.Config) -> Settings:
@@ -118,7 +120,8 @@ def dlm_bench(benchmark: Any, dlm_settings: Settings, dlm_model: ModelCache, pyt
     """Runs one point: ``dlm_bench(dlm_point)`` or ``dlm_bench(point, generate=fn, vocab_size=n)``."""
     from pytest_dlmbench.runner import PointRunner
 
-    return PointRunner(benchmark, dlm_settings, dlm_model, _line_writer(pytestconfig), pytestconfig.stash[RESULTS].append)
+    return PointRunner(benchmark, dlm_settings, dlm_model, _line_writer(pytestconfig), pytestconfig.stash[RESULTS].append,
+                       pytestconfig.stash[BASELINES])
 
 
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict[str, Any]) -> None:

@@ -8,7 +8,7 @@ from tabulate import tabulate
 
 from pytest_dlmbench.metrics import PointMetrics
 
-SUMMARY_HEADERS = ("paradigm", "model", "prompt", "gen", "batch", "tok/s", "ms/forward", "NFE", "TPF", "peak MiB")
+SUMMARY_HEADERS = ("paradigm", "strategy", "model", "prompt", "gen", "batch", "tok/s", "ms/forward", "NFE", "TPF", "peak MiB")
 
 
 def _mib(value: int | None) -> float | None:
@@ -18,7 +18,7 @@ def _mib(value: int | None) -> float | None:
 def summary_table(results: Iterable[PointMetrics]) -> str:
     """One row per point; peak memory is torch's allocated peak on CUDA and RSS on CPU."""
     rows = [
-        (m.paradigm, m.model, m.prompt_len, m.gen_len, m.batch_size, m.tokens_per_s, m.ms_per_forward, m.nfe,
+        (m.paradigm, m.strategy, m.model, m.prompt_len, m.gen_len, m.batch_size, m.tokens_per_s, m.ms_per_forward, m.nfe,
          m.tokens_per_forward, _mib(m.peak_bytes))
         for m in results
     ]

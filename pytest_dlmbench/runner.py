@@ -59,12 +59,14 @@ class PointRunner:
         models: ModelCache,
         write_line: Callable[[str], None] | None = None,
         record: Callable[[PointMetrics], None] | None = None,
+        baselines: dict[tuple[Any, ...], torch.Tensor] | None = None,
     ) -> None:
         self.benchmark = benchmark
         self.settings = settings
         self.models = models
         self.write_line = write_line
         self.record = record
+        self.baselines = baselines if baselines is not None else {}  # shape key -> baseline strategy's tokens
         self._gsm8k: tuple[list[dict[str, Any]], list[dict[str, Any]]] | None = None
 
     def __call__(self, point: BenchPoint, generate: GenerateFn | None = None, vocab_size: int | None = None) -> PointMetrics:
@@ -76,7 +78,7 @@ class PointRunner:
         if generate is None:
             loaded = self.models.get(point.model)
             spec, model = loaded.spec, loaded.model
-            paradigm = make_paradigm(point.paradigm, settings.decode)
+            paradigm = make_paradigm(point.paradigm, settings.decode_for(loaded.weights), point.strategy)
             paradigm.validate(spec, point.prompt_len, point.gen_len, point.batch_size)
             prompt_ids = self._prompts(point, loaded)
             describe = {"weights": loaded.weights, **paradigm.describe(spec, point.gen_len)}
@@ -94,7 +96,7 @@ class PointRunner:
                 out = generate(prompt_ids)
                 return out if isinstance(out, GenerationResult) else GenerationResult(tokens=out, nfe=0)
 
-        describe |= {"strategy": "baseline", "dtype": settings.dtype, "device": settings.device,
+        describe |= {"dtype": settings.dtype, "device": settings.device,
                      "prompt_source": settings.prompts if generate is None else "synthetic"}
 
         with torch.inference_mode():
@@ -139,12 +141,22 @@ class PointRunner:
         nfe = results[-1].nfe or None
         metrics = PointMetrics.from_run(
             point, describe=describe, latencies_s=latencies, nfe=nfe, forward_ms=forward_ms, memory=memory,
-            warmup_rounds=settings.warmup,
+            warmup_rounds=settings.warmup, token_agreement=self._agreement(point, results[-1].tokens),
         )
         self.benchmark.extra_info.update(metrics.to_extra_info())
         if self.record is not None:
             self.record(metrics)
         return metrics
+
+    def _agreement(self, point: BenchPoint, tokens: torch.Tensor) -> float | None:
+        """Share of tokens equal to the baseline's on the same shape, when this session ran it."""
+        if point.strategy == "baseline":
+            self.baselines[point.shape_key] = tokens.cpu()
+            return None
+        baseline = self.baselines.get(point.shape_key)
+        if baseline is None or baseline.shape != tokens.shape:
+            return None
+        return float((tokens.cpu() == baseline).float().mean())
 
     def _prompts(self, point: BenchPoint, loaded: Any) -> torch.Tensor:
         settings = self.settings

@@ -58,7 +58,7 @@ def test_failing_nvml_gives_null_and_a_warning(monkeypatch):
 def test_metrics_follow_the_definitions():
     point = BenchPoint("dlm", "tiny-dlm", 40, 64, 4)
     metrics = PointMetrics.from_run(
-        point, describe={"weights": "random", "strategy": "baseline", "dtype": "fp32", "device": "cpu",
+        point, describe={"weights": "random", "dtype": "fp32", "device": "cpu",
                          "block_size": 32, "steps": 64},
         latencies_s=[2.0, 1.0, 4.0], nfe=64, forward_ms={"prefill": [9.0], "step": [1.0, 3.0]},
         memory=MemoryReport(peak_rss_bytes=123), warmup_rounds=1,

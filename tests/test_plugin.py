@@ -26,7 +26,8 @@ def test_generation(dlm_bench, dlm_point):
     dlm_bench(dlm_point)
 """
 
-SMALL = ("--dlm-prompt=16", "--dlm-gen=32", "--dlm-batch=1", "--dlm-rounds=2", "--dlm-warmup=1", "-p", "no:cacheprovider")
+SMALL = ("--dlm-prompt=16", "--dlm-gen=32", "--dlm-batch=1", "--dlm-rounds=2", "--dlm-warmup=1", "--dlm-strategies=baseline",
+         "-p", "no:cacheprovider")
 
 
 def run_json(pytester: pytest.Pytester, *args: str) -> dict:
@@ -55,11 +56,35 @@ def test_saved_json_has_every_fixed_key_for_all_three_paradigms(pytester):
     assert data["machine_info"]["dlmbench"]["torch"]
 
 
+def test_all_strategies_run_with_their_labels(pytester):
+    data = run_json(pytester, *SMALL, "--dlm-strategies=all", "--dlm-rounds=1")
+    infos = {bench["name"].split("[")[1].rstrip("]"): bench["extra_info"] for bench in data["benchmarks"]}
+    assert list(infos) == [
+        "ar-tiny-ar-p16-g32-b1",
+        "dlm-tiny-dlm-p16-g32-b1",
+        "dlm-tiny-dlm-p16-g32-b1-prefix_cache",
+        "dlm-tiny-dlm-p16-g32-b1-dual_cache",
+        "dlm-tiny-dlm-p16-g32-b1-parallel",
+        "dlm-tiny-dlm-p16-g32-b1-dual_cache+parallel",
+        "block-tiny-block-p16-g32-b1",
+        "block-tiny-block-p16-g32-b1-parallel",
+        "block-tiny-block-p16-g32-b1-parallel+subblock_cache",
+    ]
+    for name, info in infos.items():
+        assert FIXED_KEYS <= set(info) and info["nfe"] > 0 and info["tokens_per_forward"] > 0
+        assert (info["token_agreement"] is None) == (info["strategy"] == "baseline"), name
+    parallel = infos["dlm-tiny-dlm-p16-g32-b1-parallel"]
+    assert parallel["acceptance"] == "simulated" and parallel["tpf_target"] == 3.0 and parallel["nfe"] == 11
+    assert infos["dlm-tiny-dlm-p16-g32-b1-dual_cache"]["acceptance"] == "fixed"
+    assert infos["block-tiny-block-p16-g32-b1"]["acceptance"] == "fixed"
+    assert 0 <= infos["dlm-tiny-dlm-p16-g32-b1-dual_cache"]["token_agreement"] <= 1
+
+
 def test_terminal_summary_lists_every_point(pytester):
     pytester.makepyfile(test_grid=GRID_TEST)
     result = pytester.runpytest(*SMALL)
-    result.stdout.fnmatch_lines(["*= dlmbench =*", "paradigm*model*tok/s*ms/forward*NFE*TPF*peak MiB*",
-                                 "ar*tiny-ar*16*32*1*", "dlm*tiny-dlm*", "block*tiny-block*"])
+    result.stdout.fnmatch_lines(["*= dlmbench =*", "paradigm*strategy*model*tok/s*ms/forward*NFE*TPF*peak MiB*",
+                                 "ar*baseline*tiny-ar*16*32*1*", "dlm*tiny-dlm*", "block*tiny-block*"])
 
 
 def test_rounds_follow_the_time_budget(pytester):
@@ -87,6 +112,9 @@ def test_no_warmup_still_measures_memory(pytester):
         ("--dlm-checkpoint=tiny-ar", "'tiny-ar' is not NAME=PATH"),
         ("--dlm-checkpoint=tiny-ar=/no/such/dir", "'/no/such/dir' for tiny-ar is not a directory"),
         ("--dlm-prompts=wiki", "'wiki' is not a prompt source; allowed: synthetic, gsm8k"),
+        ("--dlm-strategies=turbo", "unknown strategy 'turbo'; allowed: all, baseline, parallel"),
+        ("--dlm-tpf=0.5", "'0.5' is not a tokens-per-forward target >= 1"),
+        ("--dlm-threshold=0", "'0' is not a positive confidence threshold"),
     ],
 )
 def test_bad_option_values_are_usage_errors(pytester, option, message):
@@ -102,6 +130,8 @@ def test_bad_option_values_are_usage_errors(pytester, option, message):
         (("--dlm-gen=999",), "select no point of the smoke grid"),
         (("--dlm-block-len=48", "--dlm-paradigms=dlm"), "gen_len=32 must be a positive multiple of block_len=48"),
         (("--dlm-prompts=gsm8k", "--dlm-paradigms=ar"), "--dlm-prompts=gsm8k needs tiny-ar's tokenizer"),
+        (("--dlm-strategies=dual_cache", "--dlm-paradigms=ar"), "select no point of the smoke grid"),
+        (("--dlm-subblock-len=5", "--dlm-paradigms=block"), "subblock_len=5 must divide tiny-block's block size 32"),
     ],
 )
 def test_unrunnable_selections_are_usage_errors(pytester, options, message):

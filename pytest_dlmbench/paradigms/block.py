@@ -66,9 +66,10 @@ class BlockDiffusionDecoder:
                    subblock_len=options.subblock_len, refresh_every_step=options.refresh_every_step)
 
     def describe(self, spec: ModelSpec, gen_len: int) -> dict[str, Any]:
-        fixed = isinstance(self.acceptance, Threshold) and self.acceptance.threshold >= 1.0
-        extra = {"acceptance": "fixed"} if fixed else {}  # a threshold of 1.0 commits one token whatever the weights
-        return labels(self.acceptance, block_size=spec.block_size, steps=None, **extra)
+        described = labels(self.acceptance, block_size=spec.block_size, steps=None)
+        if isinstance(self.acceptance, Threshold) and self.acceptance.threshold >= 1.0:
+            described["acceptance"] = "fixed"  # one token per step, whatever the weights
+        return described
 
     def validate(self, spec: ModelSpec, prompt_len: int, gen_len: int, batch_size: int) -> None:
         validate_lengths(spec, prompt_len, gen_len, batch_size)
