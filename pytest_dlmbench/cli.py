@@ -1,11 +1,21 @@
-"""The `dlmbench` command."""
+"""The `dlmbench` command: compare and gate saved runs, measure run-to-run noise."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 
 from pytest_dlmbench import __version__
+from pytest_dlmbench.gate import DEFAULT_GATE, GateError, GateRule, compare, noise, noise_table, recommended_threshold, verdict_table
+from pytest_dlmbench.store import RunFileError, load_run, machine_mismatch
+
+
+def _rule(text: str) -> GateRule:
+    try:
+        return GateRule.parse(text)
+    except GateError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,14 +25,56 @@ def build_parser() -> argparse.ArgumentParser:
         "`pytest benchmarks --benchmark-save=NAME`.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command")
+    compare_cmd = commands.add_parser("compare", help="Gate NEW against BASE; exit 1 on a regression.")
+    compare_cmd.add_argument("base", help="baseline run (--benchmark-save or --benchmark-json file)")
+    compare_cmd.add_argument("new", help="run to judge")
+    compare_cmd.add_argument("--gate", type=_rule, action="append", metavar="METRIC:THRESHOLD",
+                             help=f"rule, repeatable; e.g. tokens_per_s:5%%, latency_s:0.2. Default: {DEFAULT_GATE[0]}")
+    compare_cmd.add_argument("--allow-mismatch", action="store_true",
+                             help="compare even when GPU or software versions differ")
+    noise_cmd = commands.add_parser("noise", help="Per-point spread of two runs of the same code (an A/A test).")
+    noise_cmd.add_argument("first")
+    noise_cmd.add_argument("second")
+    noise_cmd.add_argument("--metric", default="tokens_per_s")
     return parser
+
+
+def _compare(args: argparse.Namespace) -> int:
+    base, new = load_run(args.base), load_run(args.new)
+    differences = machine_mismatch(base.machine, new.machine)
+    if differences and not args.allow_mismatch:
+        print(f"error: {args.base} and {args.new} come from different machines or software:\n  "
+              + "\n  ".join(differences) + "\n(use --allow-mismatch to compare anyway)", file=sys.stderr)
+        return 2
+    rules = args.gate or [GateRule.parse(rule) for rule in DEFAULT_GATE]
+    verdicts = compare(base.points, new.points, rules)
+    print(verdict_table(verdicts))
+    failed = [v for v in verdicts if v.fails]
+    print(f"\n{len(failed)} regression(s) under {', '.join(rule.describe() for rule in rules)}")
+    return 1 if failed else 0
+
+
+def _noise(args: argparse.Namespace) -> int:
+    spreads = noise(load_run(args.first).points, load_run(args.second).points, args.metric)
+    print(noise_table(spreads))
+    if spreads:
+        print(f"\nlargest change {max(abs(s.change_pct) for s in spreads):.2f}% over {len(spreads)} points; "
+              f"recommended threshold: {args.metric}:{recommended_threshold(spreads):g}%")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    parser.parse_args(argv)
-    parser.print_help()
-    return 0
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return {"compare": _compare, "noise": _noise}[args.command](args)
+    except RunFileError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

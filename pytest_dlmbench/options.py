@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pytest_dlmbench.gate import GateError, GateRule
 from pytest_dlmbench.grid import GRIDS, STRATEGIES
 from pytest_dlmbench.models import MODEL_SPECS
 from pytest_dlmbench.paradigms import PARADIGMS, DecodeOptions
@@ -74,6 +75,13 @@ def _number(minimum: float, kind: str) -> Callable[[str], float]:
         return value
 
     return parse
+
+
+def _gate_rule(text: str) -> GateRule:
+    try:
+        return GateRule.parse(text)
+    except GateError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _device(text: str) -> str:
@@ -149,6 +157,13 @@ def add_options(parser: pytest.Parser) -> None:
         f"acceptance). Default: {DEFAULT_SIMULATED_TPF} with random weights; real confidences with a checkpoint.")
     add("--dlm-subblock-len", type=positive_int, default=None,
         help="block: sub-block length, a divisor of the block size. Default: the model's (8).")
+    add("--dlm-gate", type=_gate_rule, action="append", default=[], metavar="METRIC:THRESHOLD",
+        help="Fail the session when a point regresses against the baseline (repeatable): tokens_per_s:5%%, "
+        "latency_s:0.2, max_batch_size:0, my_key:3%%:higher. Default with --dlm-baseline: tokens_per_s:5%%.")
+    add("--dlm-baseline", default=None, metavar="PATH",
+        help="Baseline run for --dlm-gate. Default: the run --benchmark-compare selects.")
+    add("--dlm-allow-mismatch", action="store_true", default=False,
+        help="Gate against a baseline from a different GPU or software versions. Default: refuse.")
     add("--dlm-seed", type=_non_negative_int, default=0, help="Seed for random weights and prompts. Default: 0.")
 
 
@@ -173,6 +188,9 @@ class Settings:
     decode: DecodeOptions = field(default_factory=DecodeOptions)
     strategies: tuple[str, ...] | None = None
     tpf: float | None = None  # None: simulated only where the weights are random
+    gate: tuple[GateRule, ...] = ()
+    baseline: str | None = None
+    allow_mismatch: bool = False
     seed: int = 0
 
     @classmethod
@@ -198,6 +216,9 @@ class Settings:
                                  threshold=option("dlm_threshold"), subblock_len=option("dlm_subblock_len")),
             strategies=option("dlm_strategies"),
             tpf=option("dlm_tpf"),
+            gate=tuple(option("dlm_gate")),
+            baseline=option("dlm_baseline"),
+            allow_mismatch=option("dlm_allow_mismatch"),
             seed=option("dlm_seed"),
         )
 

@@ -19,16 +19,20 @@ from pytest_dlmbench.metrics import PointMetrics
 from pytest_dlmbench.options import Settings, add_options
 
 if TYPE_CHECKING:
+    from pytest_dlmbench.gate import Verdict
     from pytest_dlmbench.loader import ModelCache
     from pytest_dlmbench.memory import MemoryTracker
     from pytest_dlmbench.runner import PointRunner
+    from pytest_dlmbench.store import SavedRun
     from pytest_dlmbench.timing import RegionTimer
 
 SETTINGS = pytest.StashKey[Settings]()
 RESOLVED = pytest.StashKey[Settings]()
 SELECTION_ERROR = pytest.StashKey[str]()
-RESULTS = pytest.StashKey[list[PointMetrics]]()
+RESULTS = pytest.StashKey[dict[str, PointMetrics]]()  # test id -> metrics
 BASELINES = pytest.StashKey[dict]()  # shape key -> baseline strategy's tokens, for token_agreement
+GATE_BASELINE = pytest.StashKey["SavedRun"]()
+VERDICTS = pytest.StashKey[list["Verdict"]]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -37,8 +41,55 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[SETTINGS] = Settings.from_config(config)
-    config.stash[RESULTS] = []
+    config.stash[RESULTS] = {}
     config.stash[BASELINES] = {}
+    if config.pluginmanager.has_plugin("pytest_benchmark"):
+        from pytest_dlmbench.store import install_exclusive_save
+
+        install_exclusive_save()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Load and check the gate's baseline before any benchmark runs: a bad baseline fails fast."""
+    config = session.config
+    settings = config.stash[SETTINGS]
+    compare = config.getoption("benchmark_compare", None)
+    if not settings.gate and settings.baseline is None:
+        return
+    from pytest_dlmbench.machine import machine_info
+    from pytest_dlmbench.store import RunFileError, benchmark_compare_file, load_run, machine_mismatch
+
+    try:
+        if settings.baseline is not None:
+            path = settings.baseline
+        elif compare:
+            path = benchmark_compare_file(config.getoption("benchmark_storage"), compare)
+        else:
+            raise pytest.UsageError("--dlm-gate needs a baseline: --dlm-baseline=PATH or --benchmark-compare")
+        baseline = load_run(path)
+    except RunFileError as error:
+        raise pytest.UsageError(f"gate baseline: {error}") from None
+    differences = machine_mismatch(baseline.machine, machine_info(resolved_settings(config)))
+    if differences and not settings.allow_mismatch:
+        raise pytest.UsageError(
+            f"gate baseline {baseline.path} comes from a different machine or software: "
+            + "; ".join(differences) + " (--dlm-allow-mismatch compares anyway)"
+        )
+    config.stash[GATE_BASELINE] = baseline
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    config = session.config
+    if GATE_BASELINE not in config.stash:
+        return
+    from pytest_dlmbench.gate import DEFAULT_GATE, GateRule, compare
+
+    rules = list(config.stash[SETTINGS].gate) or [GateRule.parse(rule) for rule in DEFAULT_GATE]
+    current = {test_id: metrics.to_extra_info() for test_id, metrics in config.stash[RESULTS].items()}
+    verdicts = compare(config.stash[GATE_BASELINE].points, current, rules)
+    config.stash[VERDICTS] = verdicts
+    if any(verdict.fails for verdict in verdicts):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def resolved_settings(config: pytest.Config) -> Settings:
@@ -116,11 +167,16 @@ def gpu_memory(dlm_settings: Settings) -> Callable[[], MemoryTracker]:
 
 
 @pytest.fixture
-def dlm_bench(benchmark: Any, dlm_settings: Settings, dlm_model: ModelCache, pytestconfig: pytest.Config) -> PointRunner:
+def dlm_bench(
+    benchmark: Any, dlm_settings: Settings, dlm_model: ModelCache, pytestconfig: pytest.Config, request: pytest.FixtureRequest
+) -> PointRunner:
     """Runs one point: ``dlm_bench(dlm_point)`` or ``dlm_bench(point, generate=fn, vocab_size=n)``."""
     from pytest_dlmbench.runner import PointRunner
 
-    return PointRunner(benchmark, dlm_settings, dlm_model, _line_writer(pytestconfig), pytestconfig.stash[RESULTS].append,
+    def record(metrics: PointMetrics) -> None:
+        pytestconfig.stash[RESULTS][request.node.nodeid] = metrics
+
+    return PointRunner(benchmark, dlm_settings, dlm_model, _line_writer(pytestconfig), record,
                        pytestconfig.stash[BASELINES])
 
 
@@ -130,10 +186,24 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
     machine_info["dlmbench"] = dlmbench_machine_info(resolved_settings(config))
 
 
+def pytest_benchmark_update_json(config: pytest.Config, output_json: dict[str, Any]) -> None:
+    from pytest_dlmbench.store import SCHEMA_KEY, SCHEMA_VERSION
+
+    output_json[SCHEMA_KEY] = SCHEMA_VERSION
+
+
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    results = config.stash.get(RESULTS, [])
+    results = config.stash.get(RESULTS, {})
     if results:
         from pytest_dlmbench.report import summary_table
 
         terminalreporter.section("dlmbench")
-        terminalreporter.write_line(summary_table(results))
+        terminalreporter.write_line(summary_table(results.values()))
+    if VERDICTS in config.stash:
+        from pytest_dlmbench.gate import verdict_table
+
+        verdicts = config.stash[VERDICTS]
+        failed = sum(verdict.fails for verdict in verdicts)
+        terminalreporter.section("dlmbench gate", red=bool(failed), green=not failed)
+        terminalreporter.write_line(verdict_table(verdicts))
+        terminalreporter.write_line(f"{failed} regression(s) against {config.stash[GATE_BASELINE].path}")

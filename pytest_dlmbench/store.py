@@ -1,0 +1,154 @@
+"""Saved runs: strict loading with clear errors, the schema version, machine matching, atomic writes.
+
+A gate must never pass because a baseline could not be read: every problem with a file
+(missing, empty, truncated, not JSON, wrong shape, newer schema) is a `RunFileError` naming it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA_KEY = "dlmbench_schema"
+SCHEMA_VERSION = 1
+# machine_info["dlmbench"] fields that must agree for two runs to be comparable.
+MATCHED_MACHINE_FIELDS = ("gpu_name", "gpu_count", "device", "dtype", "torch", "transformers", "cuda")
+
+
+class RunFileError(ValueError):
+    """A saved run that cannot be used; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class SavedRun:
+    path: str
+    machine: dict[str, Any]  # machine_info["dlmbench"]
+    points: dict[str, dict[str, Any]]  # test id (pytest-benchmark "fullname") -> extra_info
+
+
+def load_run(path: str | Path) -> SavedRun:
+    """Read a file written by `--benchmark-save` or `--benchmark-json` with this plugin active."""
+    name = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf8")
+    except OSError as error:
+        raise RunFileError(f"{name}: cannot be read ({error.strerror or error})") from None
+    if not text.strip():
+        raise RunFileError(f"{name}: the file is empty")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise RunFileError(f"{name}: not valid JSON, truncated or corrupt ({error.msg} at line {error.lineno})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list):
+        raise RunFileError(f"{name}: not a pytest-benchmark file (no 'benchmarks' list)")
+    schema = data.get(SCHEMA_KEY)
+    if not isinstance(schema, int):
+        raise RunFileError(f"{name}: not written by pytest-dlmbench (no integer '{SCHEMA_KEY}')")
+    if schema > SCHEMA_VERSION:
+        raise RunFileError(f"{name}: written with schema {schema}, newer than this pytest-dlmbench reads "
+                           f"({SCHEMA_VERSION}); upgrade pytest-dlmbench")
+    points = {}
+    for index, bench in enumerate(data["benchmarks"]):
+        if not isinstance(bench, dict) or not isinstance(bench.get("fullname"), str) or not isinstance(
+                bench.get("extra_info"), dict):
+            raise RunFileError(f"{name}: benchmark #{index} lacks 'fullname' or 'extra_info'")
+        points[bench["fullname"]] = bench["extra_info"]
+    machine = data.get("machine_info", {}).get("dlmbench")
+    if not isinstance(machine, dict):
+        raise RunFileError(f"{name}: no machine_info.dlmbench section")
+    return SavedRun(name, machine, points)
+
+
+def machine_mismatch(baseline: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """What differs between two runs' machines, as 'field: baseline != current' lines."""
+    return [f"{field}: {baseline.get(field)!r} != {current.get(field)!r}"
+            for field in MATCHED_MACHINE_FIELDS if baseline.get(field) != current.get(field)]
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write via a temporary file in the same folder and a rename: readers see old or new, never half."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf8") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def exclusive_write_text(directory: str | Path, make_name: callable, text: str) -> Path:
+    """Write `text` atomically to the first name `make_name(attempt)` that does not exist yet.
+
+    The final step is a hard link, which fails instead of overwriting, so concurrent writers
+    never replace each other's files.
+    """
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".dlmbench.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf8") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        for attempt in range(10_000):
+            target = folder / make_name(attempt)
+            try:
+                os.link(temporary, target)
+                return target
+            except FileExistsError:
+                continue
+        raise RunFileError(f"{folder}: no free file name after 10000 attempts")
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+
+
+def _numbered(folder: Path) -> list[Path]:
+    return sorted(folder.glob("[0-9][0-9][0-9][0-9]_*.json"))
+
+
+def benchmark_compare_file(storage: str, compare: str | bool) -> Path:
+    """The saved run `--benchmark-compare[=NUM]` selects in pytest-benchmark's file storage."""
+    from pytest_benchmark.utils import get_machine_id
+
+    folder = Path(storage.removeprefix("file://")) / get_machine_id()
+    candidates = _numbered(folder)
+    if compare is not True:
+        candidates = [path for path in candidates if path.name.startswith(str(compare)) or str(compare) in path.name]
+    if not candidates:
+        raise RunFileError(f"{folder}: no saved run matches --benchmark-compare={compare}")
+    return candidates[-1]
+
+
+def install_exclusive_save() -> None:
+    """Make pytest-benchmark's --benchmark-save crash-safe and concurrency-safe.
+
+    Its own save opens the final file and writes into it, and picks the next number before
+    writing, so a killed run leaves a truncated newest file (which --benchmark-compare would pick)
+    and two concurrent runs can collide. This writes a temporary file and hard-links it to the
+    first free number instead.
+    """
+    from pytest_benchmark.storage.file import FileStorage
+    from pytest_benchmark.utils import safe_dumps
+
+    if getattr(FileStorage.save, "dlmbench_exclusive", False):
+        return
+
+    def save(self: FileStorage, output_json: dict[str, Any], save: str) -> None:
+        folder = self.get(f"{save}.json").parent
+        existing = _numbered(folder)
+        first = int(existing[-1].name[:4]) + 1 if existing else 1
+        text = safe_dumps(output_json, ensure_ascii=True, indent=4)
+        path = exclusive_write_text(folder, lambda attempt: f"{first + attempt:04}_{save}.json", text)
+        self.logger.info(f"Saved benchmark data in: {path}")
+
+    save.dlmbench_exclusive = True  # type: ignore[attr-defined]
+    FileStorage.save = save

@@ -1,0 +1,223 @@
+"""Regression gating: rules, noise-aware verdicts, strict baselines, safe saves, the CLI, and the
+gate inside pytest with a genuinely slower run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# Inline pytester runs drop modules first imported during the run; torch cannot be imported twice.
+import torch  # noqa: F401
+
+from pytest_dlmbench.cli import main
+from pytest_dlmbench.gate import GateError, GateRule, compare, noise, recommended_threshold
+from pytest_dlmbench.store import (
+    RunFileError,
+    SCHEMA_KEY,
+    atomic_write_text,
+    exclusive_write_text,
+    load_run,
+    machine_mismatch,
+)
+
+
+def point(latencies, tokens=100, status="ok", **extra):
+    median = sorted(latencies)[len(latencies) // 2]
+    return {"round_latencies_s": latencies, "tokens_generated": tokens, "latency_s": median,
+            "tokens_per_s": tokens / median, "status": status, **extra}
+
+
+TPS = [GateRule.parse("tokens_per_s:5%")]
+
+
+def test_rule_parsing():
+    assert GateRule.parse("tokens_per_s:5%") == GateRule("tokens_per_s", 5.0, True, +1)
+    assert GateRule.parse("latency_s:0.2") == GateRule("latency_s", 0.2, False, -1)
+    assert GateRule.parse("my_score:3%:higher").direction == +1
+    with pytest.raises(GateError, match="has no known direction; add :higher or :lower"):
+        GateRule.parse("my_score:3%")
+    with pytest.raises(GateError, match="is not METRIC:THRESHOLD"):
+        GateRule.parse("tokens_per_s=5")
+
+
+def test_significant_slowdown_is_a_regression_and_noise_is_not():
+    base = {"p": point([1.00, 1.01, 0.99, 1.00, 1.02])}
+    slower = {"p": point([1.20, 1.21, 1.19, 1.22, 1.20])}
+    same = {"p": point([1.01, 0.99, 1.00, 1.02, 1.00])}
+    [verdict] = compare(base, slower, TPS)
+    assert verdict.verdict == "regression" and verdict.fails and "p=" in verdict.change
+    assert compare(base, same, TPS)[0].verdict == "ok"
+    assert compare(slower, base, TPS)[0].verdict == "improved"
+
+
+def test_overlapping_samples_beyond_the_threshold_are_not_a_regression():
+    base = {"p": point([1.0, 1.5, 0.9, 1.4, 1.0])}
+    new = {"p": point([1.1, 1.45, 1.0, 1.5, 1.2])}
+    assert compare(base, new, TPS)[0].verdict == "ok"
+
+
+def test_too_few_rounds_is_inconclusive_not_a_pass():
+    verdict = compare({"p": point([1.0, 1.0, 1.0])}, {"p": point([2.0, 2.0, 2.0])}, TPS)[0]
+    assert verdict.verdict == "inconclusive" and not verdict.fails
+
+
+def test_memory_and_boundary_are_judged_on_the_threshold():
+    rules = [GateRule.parse("peak_mem_allocated_bytes:2%"), GateRule.parse("max_batch_size:0")]
+    base = {"p": point([1.0], peak_mem_allocated_bytes=1000, max_batch_size=16)}
+    new = {"p": point([1.0], peak_mem_allocated_bytes=1100, max_batch_size=8)}
+    assert [v.verdict for v in compare(base, new, rules)] == ["regression", "regression"]
+
+
+def test_new_missing_and_status_changes_are_listed():
+    base = {"a": point([1.0]), "b": point([1.0]), "c": point([1.0])}
+    new = {"b": point([1.0], status="oom"), "c": point([1.0]), "d": point([1.0])}
+    verdicts = {v.point: v.verdict for v in compare(base, new, TPS)}
+    assert verdicts == {"a": "missing", "b": "regression", "c": "ok", "d": "new"}
+
+
+def test_noise_and_recommended_threshold():
+    first = {"p": point([1.0, 1.0]), "q": point([2.0, 2.0])}
+    second = {"p": point([1.02, 1.0]), "q": point([2.0, 2.0])}
+    spreads = noise(first, second)
+    assert [round(s.change_pct, 2) for s in spreads] == [pytest.approx(-1.96, abs=0.01), 0.0]
+    assert recommended_threshold(spreads) == 3.0
+
+
+def write_run(path: Path, points: dict, machine: dict | None = None, schema=1) -> Path:
+    data = {"machine_info": {"dlmbench": machine or {"gpu_name": None, "torch": "2.13"}}, SCHEMA_KEY: schema,
+            "benchmarks": [{"fullname": name, "extra_info": info, "stats": {}} for name, info in points.items()]}
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("", "the file is empty"),
+        ('{"benchmarks": [{"fullname": "x", "extra', "not valid JSON, truncated or corrupt"),
+        ('{"machine_info": {}}', "no 'benchmarks' list"),
+        ('{"benchmarks": []}', "not written by pytest-dlmbench"),
+        (json.dumps({"benchmarks": [{"name": "x"}], SCHEMA_KEY: 1}), "benchmark #0 lacks 'fullname' or 'extra_info'"),
+        (json.dumps({"benchmarks": [], SCHEMA_KEY: 99}), "written with schema 99, newer than"),
+    ],
+)
+def test_unusable_baselines_are_clear_errors(tmp_path, content, message):
+    path = tmp_path / "base.json"
+    path.write_text(content)
+    with pytest.raises(RunFileError, match=message) as error:
+        load_run(path)
+    assert str(path) in str(error.value)
+    assert main(["compare", str(path), str(path)]) == 2
+
+
+def test_cli_compare_and_noise(tmp_path, capsys):
+    base = write_run(tmp_path / "base.json", {"t[p]": point([1.0, 1.01, 0.99, 1.0, 1.0])})
+    slow = write_run(tmp_path / "slow.json", {"t[p]": point([1.3, 1.31, 1.29, 1.3, 1.3])})
+    assert main(["compare", str(base), str(base)]) == 0
+    assert main(["compare", str(base), str(slow)]) == 1
+    out = capsys.readouterr().out
+    assert "regression" in out and "t[p]" in out and "1 regression(s) under tokens_per_s:5%" in out
+    assert main(["compare", str(base), str(slow), "--gate", "tokens_per_s:50%"]) == 0
+    assert main(["noise", str(base), str(slow)]) == 0
+    assert "recommended threshold: tokens_per_s:" in capsys.readouterr().out
+
+
+def test_cli_refuses_a_machine_mismatch(tmp_path, capsys):
+    base = write_run(tmp_path / "a.json", {}, {"gpu_name": "NVIDIA H100 80GB HBM3", "torch": "2.11"})
+    other = write_run(tmp_path / "b.json", {}, {"gpu_name": "NVIDIA A100-SXM4-80GB", "torch": "2.11"})
+    assert main(["compare", str(base), str(other)]) == 2
+    assert "gpu_name: 'NVIDIA H100 80GB HBM3' != 'NVIDIA A100-SXM4-80GB'" in capsys.readouterr().err
+    assert main(["compare", str(base), str(other), "--allow-mismatch"]) == 0
+    assert machine_mismatch({"torch": "1"}, {"torch": "1"}) == []
+
+
+def test_atomic_writes_leave_old_content_when_interrupted(tmp_path, monkeypatch):
+    target = tmp_path / "results.json"
+    atomic_write_text(target, "old")
+
+    def killed(fd: int) -> None:  # the new content is half on disk when the run dies
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("os.fsync", killed)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_text(target, "new" * 1000)
+    with pytest.raises(KeyboardInterrupt):
+        exclusive_write_text(tmp_path, lambda n: "0002_x.json", "new")
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+def test_exclusive_writes_never_overwrite(tmp_path):
+    first = exclusive_write_text(tmp_path, lambda n: f"{n + 1:04}_x.json", "a")
+    second = exclusive_write_text(tmp_path, lambda n: f"{n + 1:04}_x.json", "b")
+    assert (first.name, second.name) == ("0001_x.json", "0002_x.json")
+    assert first.read_text() == "a" and second.read_text() == "b"
+
+
+USER_BENCH = """
+import os, time
+import torch
+from pytest_dlmbench.grid import BenchPoint
+
+def test_mine(dlm_bench):
+    delay = float(os.environ.get("EXTRA_DELAY", "0"))
+    def generate(prompt_ids):
+        time.sleep(0.02 + delay)
+        return torch.zeros(prompt_ids.shape[0], 8, dtype=torch.long)
+    dlm_bench(BenchPoint("mine", "my-model", 4, 8, 1), generate=generate, vocab_size=50)
+"""
+RUN = ("--dlm-rounds=6", "--dlm-warmup=1", "-p", "no:cacheprovider")
+
+
+def test_pytest_gate_passes_an_aa_pair_and_fails_a_slower_run(pytester, monkeypatch):
+    pytester.makepyfile(test_user=USER_BENCH)
+    assert pytester.runpytest(*RUN, "--benchmark-save=base").ret == 0
+    saved = sorted((pytester.path / ".benchmarks").rglob("*.json"))
+    assert [p.name for p in saved] == ["0001_base.json"]
+    assert json.loads(saved[0].read_text())[SCHEMA_KEY] == 1
+
+    same = pytester.runpytest(*RUN, "--benchmark-compare", "--dlm-gate=tokens_per_s:5%")
+    assert same.ret == 0, same.stdout.str()
+    same.stdout.fnmatch_lines(["*dlmbench gate*", "*test_mine*tokens_per_s*", "0 regression(s) against*"])
+
+    monkeypatch.setenv("EXTRA_DELAY", "0.01")
+    slower = pytester.runpytest(*RUN, f"--dlm-baseline={saved[0]}")
+    assert slower.ret == pytest.ExitCode.TESTS_FAILED
+    slower.stdout.fnmatch_lines(["*point*metric*baseline*current*change*verdict*",
+                                 "*test_mine*tokens_per_s*regression*", "1 regression(s) against*"])
+
+
+def test_pytest_gate_refuses_bad_baselines_before_running(pytester, tmp_path):
+    pytester.makepyfile(test_user=USER_BENCH)
+    corrupt = tmp_path / "corrupt.json"
+    corrupt.write_text('{"benchmarks": [')
+    result = pytester.runpytest(f"--dlm-baseline={corrupt}", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert f"gate baseline: {corrupt}: not valid JSON" in result.stderr.str()
+
+    result = pytester.runpytest("--dlm-gate=tokens_per_s:5%", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "--dlm-gate needs a baseline" in result.stderr.str()
+
+    other = write_run(tmp_path / "other.json", {}, {"gpu_name": "NVIDIA H200", "gpu_count": 1, "device": "cuda"})
+    result = pytester.runpytest(f"--dlm-baseline={other}", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "gpu_name: 'NVIDIA H200' != None" in result.stderr.str()
+
+
+def test_concurrent_saves_never_collide(pytester):
+    pytester.makepyfile(test_user=USER_BENCH)
+    args = [sys.executable, "-m", "pytest", "--dlm-rounds=1", "-p", "no:cacheprovider", "-q"]
+    runs = [subprocess.Popen([*args, f"--benchmark-save=run{i}"], cwd=pytester.path, stdout=subprocess.DEVNULL)
+            for i in range(3)]
+    assert [run.wait() for run in runs] == [0, 0, 0]
+    saved = sorted(p.name for p in (pytester.path / ".benchmarks").rglob("*.json"))
+    assert [name[:4] for name in saved] == ["0001", "0002", "0003"]
+    for path in (pytester.path / ".benchmarks").rglob("*.json"):
+        load_run(path)
+    listing = subprocess.run([sys.executable, "-m", "pytest_benchmark", "compare", *map(str, (pytester.path / ".benchmarks").rglob("*.json"))],
+                             cwd=pytester.path, capture_output=True, text=True)
+    assert listing.returncode == 0 and "test_mine" in listing.stdout, listing.stderr
