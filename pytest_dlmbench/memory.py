@@ -136,3 +136,42 @@ class MemoryTracker:
             nvml_peak_used_bytes=self._peak,
             nvml_baseline_used_bytes=self._baseline,
         )
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """True for an allocator OOM (torch.OutOfMemoryError); other CUDA errors are not OOM."""
+    import torch
+
+    return isinstance(error, torch.OutOfMemoryError)
+
+
+def memory_now(device: torch.device) -> MemoryReport:
+    """Peaks since the last reset, and device-wide used memory now (e.g. at a failure)."""
+    if device.type != "cuda":
+        return MemoryReport(peak_rss_bytes=_rss_bytes())
+    import torch
+
+    handle = nvml_handle(device)
+    used = None
+    if handle is not None:
+        import pynvml
+
+        used = int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
+    return MemoryReport(
+        peak_allocated_bytes=int(torch.cuda.max_memory_allocated(device)),
+        peak_reserved_bytes=int(torch.cuda.max_memory_reserved(device)),
+        nvml_peak_used_bytes=used,
+    )
+
+
+def release_memory(device: torch.device) -> None:
+    """Return what a failed point left behind, so the next point starts from the same baseline."""
+    import gc
+
+    gc.collect()
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)

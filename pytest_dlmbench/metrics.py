@@ -103,6 +103,19 @@ class PointMetrics:
             **describe,
         )
 
+    @classmethod
+    def failed(cls, point: BenchPoint, describe: dict[str, Any], status: str, message: str,
+               memory: MemoryReport) -> PointMetrics:
+        """A point that did not finish: no rates, the memory reading at the failure, the message."""
+        return cls(
+            paradigm=point.paradigm, strategy=point.strategy, model=point.model, prompt_len=point.prompt_len,
+            gen_len=point.gen_len, batch_size=point.batch_size, tokens_generated=0, tokens_per_s=None,
+            latency_s=None, nfe=None, tokens_per_forward=None, ms_per_forward=None, prefill_ms=None,
+            peak_mem_allocated_bytes=memory.peak_allocated_bytes, peak_mem_reserved_bytes=memory.peak_reserved_bytes,
+            nvml_peak_used_bytes=memory.nvml_peak_used_bytes, peak_rss_bytes=memory.peak_rss_bytes,
+            status=status, message=message, **describe,
+        )
+
     @property
     def peak_bytes(self) -> int | None:
         return self.peak_mem_allocated_bytes if self.peak_mem_allocated_bytes is not None else self.peak_rss_bytes

@@ -187,9 +187,14 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
 
 
 def pytest_benchmark_update_json(config: pytest.Config, output_json: dict[str, Any]) -> None:
-    from pytest_dlmbench.store import SCHEMA_KEY, SCHEMA_VERSION
+    """Stamp the schema, and save the points pytest-benchmark drops because they did not finish."""
+    from pytest_dlmbench.store import FAILED_KEY, SCHEMA_KEY, SCHEMA_VERSION
 
     output_json[SCHEMA_KEY] = SCHEMA_VERSION
+    output_json[FAILED_KEY] = [
+        {"fullname": test_id, "name": test_id.rpartition("::")[2], "extra_info": metrics.to_extra_info()}
+        for test_id, metrics in config.stash.get(RESULTS, {}).items() if metrics.status != "ok"
+    ]
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:

@@ -14,8 +14,10 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
+import pytest
+
 from pytest_dlmbench.grid import BenchPoint
-from pytest_dlmbench.memory import MemoryReport, MemoryTracker
+from pytest_dlmbench.memory import MemoryReport, MemoryTracker, is_out_of_memory, memory_now, release_memory
 from pytest_dlmbench.metrics import PointMetrics
 from pytest_dlmbench.paradigms import ForwardLog, GenerationResult, make_paradigm
 from pytest_dlmbench.prompts import gsm8k_prompts, load_gsm8k, synthetic_prompts
@@ -70,18 +72,53 @@ class PointRunner:
         self._gsm8k: tuple[list[dict[str, Any]], list[dict[str, Any]]] | None = None
 
     def __call__(self, point: BenchPoint, generate: GenerateFn | None = None, vocab_size: int | None = None) -> PointMetrics:
-        import torch
+        """Measure one point. An out-of-memory point is recorded (status "oom") and skipped; any
+        other failure is recorded (status "error") and raised."""
+        progress = Progress(self.write_line, point.id)
+        run_once, describe = self._prepare(point, generate, vocab_size, progress)
+        failure: tuple[str, str] | None = None
+        try:
+            results, latencies, memory = self._measure(run_once, progress)
+        except Exception as error:  # noqa: BLE001 - every failure becomes a recorded result
+            failure = ("oom" if is_out_of_memory(error) else "error", f"{type(error).__name__}: {error}")
+            if failure[0] == "error":
+                self._record(PointMetrics.failed(point, describe, *failure, memory_now(self.settings.torch_device)))
+                raise
+        if failure is not None:  # outside the except block, so the failed frames' tensors are freed
+            memory = memory_now(self.settings.torch_device)
+            release_memory(self.settings.torch_device)
+            self._record(PointMetrics.failed(point, describe, *failure, memory))
+            pytest.skip(f"OOM: {point.id} ({failure[1].splitlines()[0][:200]})")
 
+        forward_ms: dict[str, list[float]] = {}
+        for result in results:
+            for kind, values in result.forward_ms.items():
+                forward_ms.setdefault(kind, []).extend(values)
+        metrics = PointMetrics.from_run(
+            point, describe=describe, latencies_s=latencies, nfe=results[-1].nfe or None, forward_ms=forward_ms,
+            memory=memory, warmup_rounds=self.settings.warmup, token_agreement=self._agreement(point, results[-1].tokens),
+        )
+        self.benchmark.extra_info.update(metrics.to_extra_info())
+        self._record(metrics)
+        return metrics
+
+    def _record(self, metrics: PointMetrics) -> None:
+        if self.record is not None:
+            self.record(metrics)
+
+    def _prepare(self, point: BenchPoint, generate: GenerateFn | None, vocab_size: int | None,
+                 progress: Progress) -> tuple[Callable[[], GenerationResult], dict[str, Any]]:
+        """A callable that runs one whole generation, and the point's labels."""
         settings = self.settings
         device = settings.torch_device
-        progress = Progress(self.write_line, point.id)
         if generate is None:
             loaded = self.models.get(point.model)
             spec, model = loaded.spec, loaded.model
             paradigm = make_paradigm(point.paradigm, settings.decode_for(loaded.weights), point.strategy)
             paradigm.validate(spec, point.prompt_len, point.gen_len, point.batch_size)
             prompt_ids = self._prompts(point, loaded)
-            describe = {"weights": loaded.weights, **paradigm.describe(spec, point.gen_len)}
+            describe = {"weights": loaded.weights, "prompt_source": settings.prompts,
+                        **paradigm.describe(spec, point.gen_len)}
 
             def run_once() -> GenerationResult:
                 log = ForwardLog(RegionTimer(device), progress)
@@ -96,9 +133,15 @@ class PointRunner:
                 out = generate(prompt_ids)
                 return out if isinstance(out, GenerationResult) else GenerationResult(tokens=out, nfe=0)
 
-        describe |= {"dtype": settings.dtype, "device": settings.device,
-                     "prompt_source": settings.prompts if generate is None else "synthetic"}
+        return run_once, describe | {"dtype": settings.dtype, "device": settings.device}
 
+    def _measure(self, run_once: Callable[[], GenerationResult],
+                 progress: Progress) -> tuple[list[GenerationResult], list[float], MemoryReport]:
+        """Warm-up (memory tracked on the first), then the timed rounds under pytest-benchmark."""
+        import torch
+
+        settings = self.settings
+        device = settings.torch_device
         with torch.inference_mode():
             memory, warm_s = MemoryReport(), None
             for index in range(settings.warmup):
@@ -133,20 +176,7 @@ class PointRunner:
                                         iterations=1, warmup_rounds=0)
             if settings.warmup == 0:
                 memory = tracker.report
-
-        forward_ms: dict[str, list[float]] = {}
-        for result in results:
-            for kind, values in result.forward_ms.items():
-                forward_ms.setdefault(kind, []).extend(values)
-        nfe = results[-1].nfe or None
-        metrics = PointMetrics.from_run(
-            point, describe=describe, latencies_s=latencies, nfe=nfe, forward_ms=forward_ms, memory=memory,
-            warmup_rounds=settings.warmup, token_agreement=self._agreement(point, results[-1].tokens),
-        )
-        self.benchmark.extra_info.update(metrics.to_extra_info())
-        if self.record is not None:
-            self.record(metrics)
-        return metrics
+        return results, latencies, memory
 
     def _agreement(self, point: BenchPoint, tokens: torch.Tensor) -> float | None:
         """Share of tokens equal to the baseline's on the same shape, when this session ran it."""

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 SCHEMA_KEY = "dlmbench_schema"
+FAILED_KEY = "dlmbench_failed"  # points that ran out of memory or failed: pytest-benchmark keeps only finished ones
 SCHEMA_VERSION = 1
 # machine_info["dlmbench"] fields that must agree for two runs to be comparable.
 MATCHED_MACHINE_FIELDS = ("gpu_name", "gpu_count", "device", "dtype", "torch", "transformers", "cuda")
@@ -52,7 +53,7 @@ def load_run(path: str | Path) -> SavedRun:
         raise RunFileError(f"{name}: written with schema {schema}, newer than this pytest-dlmbench reads "
                            f"({SCHEMA_VERSION}); upgrade pytest-dlmbench")
     points = {}
-    for index, bench in enumerate(data["benchmarks"]):
+    for index, bench in enumerate(data["benchmarks"] + data.get(FAILED_KEY, [])):
         if not isinstance(bench, dict) or not isinstance(bench.get("fullname"), str) or not isinstance(
                 bench.get("extra_info"), dict):
             raise RunFileError(f"{name}: benchmark #{index} lacks 'fullname' or 'extra_info'")
