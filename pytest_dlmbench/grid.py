@@ -6,6 +6,7 @@ for every prompt length, as the seed papers do. Point ids are stable: comparison
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -132,3 +133,11 @@ def points_for(settings: Settings) -> list[BenchPoint]:
                 f"--dlm-prompts=gsm8k needs {point.model}'s tokenizer: pass --dlm-checkpoint {point.model}=PATH"
             )
     return points
+
+
+def boundary_points_for(settings: Settings) -> list[BenchPoint]:
+    """One batch-free point (batch_size 1) per paradigm, model, strategy, prompt and generation
+    length of the selection; generation lengths default to the grid's batch-sweep length."""
+    gen_lens = settings.gen_lens or (GRIDS[settings.grid].batch_gen_len,)
+    selection = points_for(dataclasses.replace(settings, gen_lens=gen_lens, batch_sizes=None))
+    return list(dict.fromkeys(dataclasses.replace(point, batch_size=1) for point in selection))

@@ -157,6 +157,16 @@ def add_options(parser: pytest.Parser) -> None:
         f"acceptance). Default: {DEFAULT_SIMULATED_TPF} with random weights; real confidences with a checkpoint.")
     add("--dlm-subblock-len", type=positive_int, default=None,
         help="block: sub-block length, a divisor of the block size. Default: the model's (8).")
+    add("--dlm-boundary", action="store_true", default=False,
+        help="Run the OOM boundary search (benchmarks/test_oom_boundary.py): the largest batch that completes "
+        "a full generation, per paradigm, strategy, prompt and gen. Default: off.")
+    add("--dlm-max-batch", type=positive_int, default=1024, help="Largest batch the boundary search tries. Default: 1024.")
+    add("--dlm-isolate", type=_choice(("auto", "on", "off"), "isolation mode"), default="auto",
+        help="Run each boundary probe in a fresh process (on), in this process (off), or on when CUDA is used "
+        "(auto). Default: auto.")
+    add("--dlm-memory-limit", type=_number(1e-3, "a positive number of GiB"), default=None, metavar="GIB",
+        help="Cap usable GPU memory at GIB, to ask where a point would run out of memory on a smaller card. "
+        "Default: the whole device.")
     add("--dlm-gate", type=_gate_rule, action="append", default=[], metavar="METRIC:THRESHOLD",
         help="Fail the session when a point regresses against the baseline (repeatable): tokens_per_s:5%%, "
         "latency_s:0.2, max_batch_size:0, my_key:3%%:higher. Default with --dlm-baseline: tokens_per_s:5%%.")
@@ -188,6 +198,10 @@ class Settings:
     decode: DecodeOptions = field(default_factory=DecodeOptions)
     strategies: tuple[str, ...] | None = None
     tpf: float | None = None  # None: simulated only where the weights are random
+    boundary: bool = False
+    max_batch: int = 1024
+    isolate: str = "auto"
+    memory_limit_gib: float | None = None
     gate: tuple[GateRule, ...] = ()
     baseline: str | None = None
     allow_mismatch: bool = False
@@ -216,6 +230,10 @@ class Settings:
                                  threshold=option("dlm_threshold"), subblock_len=option("dlm_subblock_len")),
             strategies=option("dlm_strategies"),
             tpf=option("dlm_tpf"),
+            boundary=option("dlm_boundary"),
+            max_batch=option("dlm_max_batch"),
+            isolate=option("dlm_isolate"),
+            memory_limit_gib=option("dlm_memory_limit"),
             gate=tuple(option("dlm_gate")),
             baseline=option("dlm_baseline"),
             allow_mismatch=option("dlm_allow_mismatch"),
@@ -224,6 +242,10 @@ class Settings:
 
     def checkpoint(self, model: str) -> str | None:
         return dict(self.checkpoints).get(model)
+
+    @property
+    def isolate_probes(self) -> bool:
+        return self.isolate == "on" or (self.isolate == "auto" and self.device.startswith("cuda"))
 
     def decode_for(self, weights: str) -> DecodeOptions:
         """Decoder options for a model with these weights: random weights cannot decide acceptance,

@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_dlmbench.grid import SelectionError, points_for
+from pytest_dlmbench.grid import SelectionError, boundary_points_for, points_for
 from pytest_dlmbench.metrics import PointMetrics
 from pytest_dlmbench.options import Settings, add_options
 
 if TYPE_CHECKING:
+    from pytest_dlmbench.boundary import BoundaryRunner
     from pytest_dlmbench.gate import Verdict
     from pytest_dlmbench.loader import ModelCache
     from pytest_dlmbench.memory import MemoryTracker
@@ -103,15 +104,25 @@ def resolved_settings(config: pytest.Config) -> Settings:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Parametrize every test that asks for `dlm_point` over the selected grid points."""
-    if "dlm_point" not in metafunc.fixturenames:
-        return
-    try:
-        points = points_for(resolved_settings(metafunc.config))
-    except (pytest.UsageError, SelectionError) as error:
-        metafunc.config.stash[SELECTION_ERROR] = str(error)  # raised as a usage error after collection
-        points = []
-    metafunc.parametrize("dlm_point", points, ids=[point.id for point in points])
+    """Parametrize tests that ask for `dlm_point` (grid points) or `dlm_boundary_point` (boundary
+    searches, with --dlm-boundary) over the selection."""
+    from pytest_dlmbench.boundary import boundary_id
+
+    config = metafunc.config
+    for name, select, ids in (("dlm_point", points_for, lambda p: p.id),
+                              ("dlm_boundary_point", boundary_points_for, boundary_id)):
+        if name not in metafunc.fixturenames:
+            continue
+        if name == "dlm_boundary_point" and not config.stash[SETTINGS].boundary:
+            skip = pytest.mark.skip(reason="the OOM boundary search runs with --dlm-boundary")
+            metafunc.parametrize(name, [pytest.param(None, marks=skip, id="off")])
+            continue
+        try:
+            points = select(resolved_settings(config))
+        except (pytest.UsageError, SelectionError) as error:
+            config.stash[SELECTION_ERROR] = str(error)  # raised as a usage error after collection
+            points = []
+        metafunc.parametrize(name, points, ids=[ids(point) for point in points])
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -143,8 +154,10 @@ def dlm_settings(pytestconfig: pytest.Config) -> Settings:
 @pytest.fixture(scope="session")
 def dlm_model(dlm_settings: Settings) -> Iterator[ModelCache]:
     """Session-wide model cache: ``dlm_model.get(name)``; one model in memory at a time."""
+    from pytest_dlmbench.boundary import apply_memory_limit
     from pytest_dlmbench.loader import ModelCache
 
+    apply_memory_limit(dlm_settings.memory_limit_gib, dlm_settings.torch_device)
     cache = ModelCache(dlm_settings)
     yield cache
     cache.release()
@@ -178,6 +191,14 @@ def dlm_bench(
 
     return PointRunner(benchmark, dlm_settings, dlm_model, _line_writer(pytestconfig), record,
                        pytestconfig.stash[BASELINES])
+
+
+@pytest.fixture
+def dlm_boundary(dlm_settings: Settings, dlm_model: ModelCache, dlm_bench: PointRunner) -> BoundaryRunner:
+    """Finds a point's OOM boundary: ``dlm_boundary(dlm_boundary_point)``."""
+    from pytest_dlmbench.boundary import BoundaryRunner
+
+    return BoundaryRunner(dlm_settings, dlm_model, dlm_bench)
 
 
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict[str, Any]) -> None:

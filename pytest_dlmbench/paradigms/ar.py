@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pytest_dlmbench.paradigms.base import DecodeOptions, ForwardLog, GenerationResult, register, validate_lengths
+from pytest_dlmbench.paradigms.kv import extend
 
 if TYPE_CHECKING:
     import torch
@@ -49,3 +50,16 @@ class AutoregressiveDecoder:
                 logits = model(tokens[:, position - 1 : position], past_key_values=cache, use_cache=True).logits
             tokens[:, position] = logits[:, -1].argmax(dim=-1)
         return log.result(tokens)
+
+    def probe(self, model: PreTrainedModel, spec: ModelSpec, prompt_ids: torch.Tensor, gen_len: int, log: ForwardLog) -> None:
+        """The prefill, then the last two decode steps on a cache padded to its final length."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=model.config)
+        with log.forward("prefill"):
+            model(prompt_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        batch, prompt_len = prompt_ids.shape
+        extend(cache, prompt_len + gen_len - 3, model, batch)
+        for _ in range(min(2, gen_len - 1)):
+            with log.forward("decode"):
+                model(prompt_ids[:, -1:], past_key_values=cache, use_cache=True)

@@ -46,6 +46,10 @@ class GenerationResult:
     forward_ms: dict[str, list[float]] = field(default_factory=dict)  # per forward kind
 
 
+class ForwardLimitReached(Exception):
+    """A generation stopped on purpose after `ForwardLog.limit` forwards (memory probes)."""
+
+
 @dataclass
 class ForwardLog:
     """Counts and times each model forward of a generation; reports progress after each."""
@@ -53,6 +57,7 @@ class ForwardLog:
     timer: RegionTimer
     progress: Callable[[int], None] | None = None
     nfe: int = 0
+    limit: int | None = None  # stop the generation after this many forwards
 
     @contextmanager
     def forward(self, kind: str) -> Iterator[None]:
@@ -62,6 +67,8 @@ class ForwardLog:
         self.nfe += 1
         if self.progress is not None:
             self.progress(self.nfe)
+        if self.limit is not None and self.nfe >= self.limit:
+            raise ForwardLimitReached
 
     def result(self, tokens: torch.Tensor) -> GenerationResult:
         return GenerationResult(tokens=tokens, nfe=self.nfe, forward_ms=self.timer.read())
@@ -82,6 +89,10 @@ class Paradigm(Protocol):
     def generate(
         self, model: PreTrainedModel, spec: ModelSpec, prompt_ids: torch.Tensor, gen_len: int, log: ForwardLog
     ) -> GenerationResult: ...
+
+    def probe(self, model: PreTrainedModel, spec: ModelSpec, prompt_ids: torch.Tensor, gen_len: int, log: ForwardLog) -> None:
+        """Reach the generation's peak memory as cheaply as the algorithm allows (OOM probes)."""
+        ...
 
 
 def validate_lengths(spec: ModelSpec, prompt_len: int, gen_len: int, batch_size: int) -> None:

@@ -30,7 +30,7 @@ from pytest_dlmbench.paradigms.base import (
     register,
     validate_lengths,
 )
-from pytest_dlmbench.paradigms.kv import drop_span, forward_span, truncate
+from pytest_dlmbench.paradigms.kv import drop_span, extend, forward_span, truncate
 
 if TYPE_CHECKING:
     import torch
@@ -79,9 +79,15 @@ class BlockDiffusionDecoder:
         if spec.block_size % subblock:
             raise DecodeError(f"subblock_len={subblock} must divide {spec.name}'s block size {spec.block_size}")
 
+    def probe(self, model: PreTrainedModel, spec: ModelSpec, prompt_ids: torch.Tensor, gen_len: int, log: ForwardLog) -> None:
+        """The prefill, then the last two blocks on a cache padded to the length they start at."""
+        self.generate(model, spec, prompt_ids, gen_len, log, resume_blocks=2)
+
     def generate(
-        self, model: PreTrainedModel, spec: ModelSpec, prompt_ids: torch.Tensor, gen_len: int, log: ForwardLog
+        self, model: PreTrainedModel, spec: ModelSpec, prompt_ids: torch.Tensor, gen_len: int, log: ForwardLog,
+        resume_blocks: int | None = None,
     ) -> GenerationResult:
+        """`resume_blocks=n` decodes only the last n blocks, on a zero-padded cache (memory probes)."""
         import torch
         from transformers import DynamicCache
 
@@ -101,7 +107,13 @@ class BlockDiffusionDecoder:
                 mask = block_causal_mask(aligned, block_size, x.device)
                 out = model(x[:, :aligned], attention_mask=mask, past_key_values=cache, use_cache=True, logits_to_keep=1)
             next_logits = out.logits[:, -1:]
-        for start in range(aligned, total, block_size):
+        starts = list(range(aligned, total, block_size))
+        if resume_blocks is not None and len(starts) > resume_blocks:
+            starts = starts[-resume_blocks:]
+            extend(cache, starts[0], model, batch)
+            if next_logits is None:  # nothing was prefilled: any prediction will do for a probe
+                next_logits = torch.zeros(batch, 1, spec.vocab_size, device=x.device)
+        for start in starts:
             end = min(start + block_size, total)
             if start >= prompt_len:  # token shift: the previous forward's last logit predicts it
                 x[:, start] = greedy_confidence(next_logits, mask_id)[1][:, 0]

@@ -23,6 +23,7 @@ from pytest_dlmbench.paradigms.acceptance import Acceptance, Schedule, commit
 from pytest_dlmbench.paradigms.base import (
     DecodeError,
     DecodeOptions,
+    ForwardLimitReached,
     ForwardLog,
     GenerationResult,
     labels,
@@ -120,3 +121,12 @@ class MaskedDiffusionDecoder:
                 x[:, start:end] = commit(x[:, start:end], logits, mask_id, next(counts), acceptance.threshold)
                 step += 1
         return log.result(x[:, prompt_len:])
+
+    def probe(self, model: PreTrainedModel, spec: ModelSpec, prompt_ids: torch.Tensor, gen_len: int, log: ForwardLog) -> None:
+        """Every step has the same shapes (with a cache: the same refresh-then-step pattern per
+        block), so the first three forwards reach the peak."""
+        log.limit = log.nfe + 3
+        try:
+            self.generate(model, spec, prompt_ids, gen_len, log)
+        except ForwardLimitReached:
+            pass

@@ -23,6 +23,20 @@ def drop_span(cache: DynamicCache, start: int, end: int) -> None:
         layer.values = torch.cat([layer.values[..., :start, :], layer.values[..., end:, :]], dim=-2)
 
 
+def extend(cache: DynamicCache, length: int, model: Any, batch: int) -> None:
+    """Pad every layer with zero KV up to `length` positions: the cache a generation would have
+    built by then, for memory probes that skip the forwards that build it."""
+    import torch
+
+    config = model.config
+    for index in range(config.num_hidden_layers):
+        missing = length - cache.get_seq_length(index)
+        if missing > 0:
+            zeros = torch.zeros(batch, config.num_key_value_heads, missing, config.head_dim, dtype=model.dtype,
+                                device=model.device)
+            cache.update(zeros, zeros, index)
+
+
 def truncate(cache: DynamicCache, length: int) -> None:
     """Keep only the first `length` cached positions."""
     excess = cache.get_seq_length() - length

@@ -1,0 +1,171 @@
+"""The OOM boundary: the largest batch that completes a full generation, found with few probes.
+
+Search: double the batch from 1 until a probe runs out of memory (or `max_batch` is reached),
+then bisect between the last batch that fit and the first that did not: O(log max_batch) probes.
+A probe is the paradigm's `probe()`: the part of a generation that reaches its peak memory.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+    from pytest_dlmbench.grid import BenchPoint
+    from pytest_dlmbench.options import Settings
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    batch_size: int
+    fits: bool
+    peak_allocated_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class Boundary:
+    max_batch_size: int  # 0: not even batch 1 fits
+    first_oom_batch: int | None  # None: nothing up to max_batch ran out of memory
+    probes: tuple[ProbeResult, ...] = field(default_factory=tuple)
+
+    @property
+    def peak_at_max(self) -> int | None:
+        return next((p.peak_allocated_bytes for p in self.probes if p.batch_size == self.max_batch_size), None)
+
+
+def find_max_batch(probe: Callable[[int], ProbeResult], max_batch: int) -> Boundary:
+    """Doubling, then bisection; every batch is probed at most once."""
+    probes: dict[int, ProbeResult] = {}
+
+    def fits(batch: int) -> bool:
+        if batch not in probes:
+            probes[batch] = probe(batch)
+        return probes[batch].fits
+
+    low, high = 0, None  # low fits (0: trivially), high does not
+    while high is None and low < max_batch:
+        batch = min(max(1, 2 * low), max_batch)
+        if fits(batch):
+            low = batch
+        else:
+            high = batch
+    while high is not None and high - low > 1:
+        middle = (low + high) // 2
+        if fits(middle):
+            low = middle
+        else:
+            high = middle
+    return Boundary(low, high, tuple(probes[b] for b in sorted(probes)))
+
+
+def probe_in_process(settings: Settings, point: BenchPoint, model: Any, spec: Any, paradigm: Any) -> ProbeResult:
+    """Run the paradigm's probe at `point.batch_size`; an OOM is a "does not fit", not a failure."""
+    import torch
+
+    from pytest_dlmbench.memory import MemoryTracker, is_out_of_memory, release_memory
+    from pytest_dlmbench.paradigms import ForwardLog
+    from pytest_dlmbench.prompts import synthetic_prompts
+    from pytest_dlmbench.timing import RegionTimer
+
+    device = settings.torch_device
+    fits, peak = True, None
+    try:
+        prompt_ids = synthetic_prompts(spec.prompt_vocab_limit, point.batch_size, point.prompt_len, settings.seed, device)
+        with torch.inference_mode(), MemoryTracker(device) as tracker:
+            paradigm.probe(model, spec, prompt_ids, point.gen_len, ForwardLog(RegionTimer(device)))
+        peak = tracker.report.peak_allocated_bytes
+    except Exception as error:  # noqa: BLE001
+        if not is_out_of_memory(error):
+            raise
+        fits = False
+    if not fits:
+        release_memory(device)
+    return ProbeResult(point.batch_size, fits, peak)
+
+
+def probe_isolated(argv: list[str], batch: int) -> ProbeResult:
+    """Run one probe in a fresh Python process (`python -m pytest_dlmbench.probe`)."""
+    done = subprocess.run([sys.executable, "-m", "pytest_dlmbench.probe", *argv, f"--batch={batch}"],
+                          capture_output=True, text=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"isolated probe at batch {batch} failed (exit {done.returncode}): {done.stderr[-2000:]}")
+    result = json.loads(lines[-1])
+    return ProbeResult(batch, result["fits"], result["peak_allocated_bytes"])
+
+
+def apply_memory_limit(gib: float | None, device: torch.device) -> None:
+    """Cap this process's usable device memory at `gib` (as if the card were that size)."""
+    if gib is None or device.type != "cuda":
+        return
+    import torch
+
+    total = torch.cuda.get_device_properties(device).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, gib * 2**30 / total), device)
+
+
+def boundary_id(point: BenchPoint) -> str:
+    """A boundary point's id: the point's id without the batch size."""
+    base = f"{point.paradigm}-{point.model}-p{point.prompt_len}-g{point.gen_len}"
+    return base if point.strategy == "baseline" else f"{base}-{point.strategy}"
+
+
+class BoundaryRunner:
+    """The `dlm_boundary` fixture: ``dlm_boundary(point)`` finds the point's largest batch, then
+    times a full generation at that batch through `dlm_bench` and saves the search beside it."""
+
+    def __init__(self, settings: Settings, models: Any, bench: Any) -> None:
+        self.settings = settings
+        self.models = models
+        self.bench = bench
+
+    def __call__(self, point: BenchPoint) -> Any:
+        import dataclasses
+
+        import pytest
+
+        from pytest_dlmbench.models import get_spec
+        from pytest_dlmbench.paradigms import make_paradigm
+        from pytest_dlmbench.probe import probe_arguments
+
+        settings = self.settings
+        if settings.isolate_probes:
+            self.models.release()  # the probe processes need the whole device
+            argv = probe_arguments(settings, point)
+
+            def probe(batch: int) -> ProbeResult:
+                return probe_isolated(argv, batch)
+        else:
+            loaded = self.models.get(point.model)
+            paradigm = make_paradigm(point.paradigm, settings.decode_for(loaded.weights), point.strategy)
+
+            def probe(batch: int) -> ProbeResult:
+                return probe_in_process(settings, dataclasses.replace(point, batch_size=batch), loaded.model,
+                                        loaded.spec, paradigm)
+
+        make_paradigm(point.paradigm, settings.decode, point.strategy).validate(
+            get_spec(point.model), point.prompt_len, point.gen_len, 1)
+        boundary = find_max_batch(probe, settings.max_batch)
+        found = {
+            "max_batch_size": boundary.max_batch_size,
+            "first_oom_batch": boundary.first_oom_batch,
+            "boundary_probes": len(boundary.probes),
+            "boundary_probe_batches": [p.batch_size for p in boundary.probes],
+            "peak_mem_at_max_bytes": boundary.peak_at_max,
+            "memory_limit_gib": settings.memory_limit_gib,
+            "isolated_probes": settings.isolate_probes,
+        }
+        self.bench.benchmark.extra_info.update(found)
+        if boundary.max_batch_size == 0:
+            pytest.skip(f"OOM: {boundary_id(point)} does not fit at batch 1")
+        metrics = self.bench(dataclasses.replace(point, batch_size=boundary.max_batch_size))
+        full_peak = metrics.peak_mem_allocated_bytes
+        if full_peak and boundary.peak_at_max:  # how well the cheap probe predicts a full generation
+            self.bench.benchmark.extra_info["probe_to_full_peak_ratio"] = boundary.peak_at_max / full_peak
+        return metrics

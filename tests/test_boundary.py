@@ -1,0 +1,94 @@
+"""The OOM boundary search: exact on an injected boundary, O(log n) probes, cheap probes."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+# Inline pytester runs drop modules first imported during the run; torch cannot be imported twice.
+import torch
+
+from helpers import new_log, prompt, tiny
+from pytest_dlmbench.boundary import ProbeResult, find_max_batch
+from pytest_dlmbench.paradigms import DecodeOptions, make_paradigm
+
+
+@pytest.mark.parametrize("boundary", [0, 1, 2, 37, 511, 512, 1000, 1024, 4096])
+@pytest.mark.parametrize("max_batch", [1024, 1000])
+def test_search_finds_an_injected_boundary_exactly_with_log_probes(boundary, max_batch):
+    asked: list[int] = []
+
+    def probe(batch: int) -> ProbeResult:
+        asked.append(batch)
+        return ProbeResult(batch, batch <= boundary)
+
+    found = find_max_batch(probe, max_batch)
+    assert found.max_batch_size == min(boundary, max_batch)
+    assert found.first_oom_batch == (boundary + 1 if boundary < max_batch else None)
+    assert len(asked) == len(set(asked)) <= 2 * math.ceil(math.log2(max_batch)) + 1
+    assert [p.batch_size for p in found.probes] == sorted(asked)
+
+
+@pytest.mark.parametrize(("model_name", "strategy", "most_forwards"), [
+    ("tiny-ar", "baseline", 3), ("tiny-dlm", "baseline", 3), ("tiny-dlm", "dual_cache", 3),
+    ("tiny-block", "baseline", 2 * 32 + 2), ("tiny-block", "parallel+subblock_cache", 2 * 32 + 2),
+])
+def test_probes_are_a_few_forwards(model_name, strategy, most_forwards):
+    spec, model = tiny(model_name)
+    log = new_log()
+    paradigm = make_paradigm(spec.paradigm, DecodeOptions(tpf=3.0), strategy)
+    with torch.inference_mode():
+        paradigm.probe(model, spec, prompt(spec, 2, 40), 256, log)
+    assert 1 <= log.nfe <= most_forwards
+
+
+CONFTEST = """
+import torch
+from pytest_dlmbench.paradigms.ar import AutoregressiveDecoder
+
+real_probe = AutoregressiveDecoder.probe
+
+def probe(self, model, spec, prompt_ids, gen_len, log):
+    if prompt_ids.shape[0] > 5:  # a device that holds 5 sequences and no more
+        raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+    return real_probe(self, model, spec, prompt_ids, gen_len, log)
+
+AutoregressiveDecoder.probe = probe
+"""
+BOUNDARY_TEST = """
+def test_oom_boundary(dlm_boundary, dlm_boundary_point):
+    dlm_boundary(dlm_boundary_point)
+"""
+
+
+def test_boundary_benchmark_saves_the_search(pytester):
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(test_boundary_run=BOUNDARY_TEST)
+    result = pytester.runpytest("--dlm-boundary", "--dlm-paradigms=ar", "--dlm-prompt=16", "--dlm-max-batch=64",
+                                "--dlm-isolate=off", "--dlm-rounds=1", "--benchmark-json=out.json",
+                                "-p", "no:cacheprovider")
+    assert result.ret == 0, result.stdout.str()
+    [bench] = json.loads((pytester.path / "out.json").read_text())["benchmarks"]
+    info = bench["extra_info"]
+    assert bench["name"] == "test_oom_boundary[ar-tiny-ar-p16-g32]"
+    assert info["max_batch_size"] == 5 and info["first_oom_batch"] == 6 and info["batch_size"] == 5
+    assert info["boundary_probe_batches"] == [1, 2, 4, 5, 6, 8] and info["tokens_per_s"] > 0
+
+
+def test_boundary_is_off_unless_asked(pytester):
+    pytester.makepyfile(test_boundary_run=BOUNDARY_TEST)
+    result = pytester.runpytest("-p", "no:cacheprovider", "-rs")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["*the OOM boundary search runs with --dlm-boundary*"])
+
+
+def test_isolated_probes_run_in_fresh_processes(pytester):
+    pytester.makepyfile(test_boundary_run=BOUNDARY_TEST)
+    result = pytester.runpytest("--dlm-boundary", "--dlm-paradigms=dlm", "--dlm-strategies=baseline",
+                                "--dlm-prompt=16", "--dlm-max-batch=3", "--dlm-isolate=on", "--dlm-rounds=1",
+                                "--benchmark-json=out.json", "-p", "no:cacheprovider")
+    assert result.ret == 0, result.stdout.str()
+    info = json.loads((pytester.path / "out.json").read_text())["benchmarks"][0]["extra_info"]
+    assert info["isolated_probes"] is True and info["max_batch_size"] == 3 and info["first_oom_batch"] is None
