@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from pytest_dlmbench.memory_model import CARDS_GIB, predicted_max_batch
+
 if TYPE_CHECKING:
     import torch
 
@@ -110,6 +112,19 @@ def apply_memory_limit(gib: float | None, device: torch.device) -> None:
     torch.cuda.set_per_process_memory_fraction(min(1.0, gib * 2**30 / total), device)
 
 
+def device_memory_bytes(settings: Settings) -> int:
+    """The memory the boundary search works within: the --dlm-memory-limit, else the device's."""
+    if settings.memory_limit_gib is not None:
+        return int(settings.memory_limit_gib * 2**30)
+    if settings.device.startswith("cuda"):
+        import torch
+
+        return int(torch.cuda.get_device_properties(settings.torch_device).total_memory)
+    import os
+
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def boundary_id(point: BenchPoint) -> str:
     """A boundary point's id: the point's id without the batch size."""
     base = f"{point.paradigm}-{point.model}-p{point.prompt_len}-g{point.gen_len}"
@@ -149,8 +164,10 @@ class BoundaryRunner:
                 return probe_in_process(settings, dataclasses.replace(point, batch_size=batch), loaded.model,
                                         loaded.spec, paradigm)
 
-        make_paradigm(point.paradigm, settings.decode, point.strategy).validate(
-            get_spec(point.model), point.prompt_len, point.gen_len, 1)
+        spec = get_spec(point.model)
+        decoder = make_paradigm(point.paradigm, settings.decode, point.strategy)
+        decoder.validate(spec, point.prompt_len, point.gen_len, 1)
+        phases = decoder.memory_phases(spec, point.prompt_len, point.gen_len)
         boundary = find_max_batch(probe, settings.max_batch)
         found = {
             "max_batch_size": boundary.max_batch_size,
@@ -160,6 +177,9 @@ class BoundaryRunner:
             "peak_mem_at_max_bytes": boundary.peak_at_max,
             "memory_limit_gib": settings.memory_limit_gib,
             "isolated_probes": settings.isolate_probes,
+            "predicted_max_batch": predicted_max_batch(spec, phases, settings.dtype, device_memory_bytes(settings)),
+            **{f"predicted_max_batch_{gib}gib": predicted_max_batch(spec, phases, settings.dtype, gib * 2**30)
+               for gib in CARDS_GIB},
         }
         self.bench.benchmark.extra_info.update(found)
         if boundary.max_batch_size == 0:

@@ -31,11 +31,41 @@ class MemoryReport:
     nvml_peak_used_bytes: int | None = None  # device-wide used memory, sampled
     nvml_baseline_used_bytes: int | None = None  # device-wide used memory when tracking began
     peak_rss_bytes: int | None = None  # CPU runs: process resident set size, sampled
+    state_start: dict[str, Any] | None = None  # device_state() when tracking began (CUDA)
+    state_end: dict[str, Any] | None = None  # device_state() when it ended
 
     @property
     def peak_bytes(self) -> int | None:
         """The most telling single peak: torch's allocated bytes on CUDA, RSS on CPU."""
         return self.peak_allocated_bytes if self.peak_allocated_bytes is not None else self.peak_rss_bytes
+
+
+# NVML clock-event (throttle) reason bits and their names.
+CLOCK_EVENT_REASONS = {
+    0x1: "gpu_idle", 0x2: "applications_clocks_setting", 0x4: "sw_power_cap", 0x8: "hw_slowdown",
+    0x10: "sync_boost", 0x20: "sw_thermal_slowdown", 0x40: "hw_thermal_slowdown", 0x80: "hw_power_brake_slowdown",
+    0x100: "display_clock_setting",
+}
+
+
+def device_state(handle: Any) -> dict[str, Any]:
+    """Clocks, clock-event (throttle) reasons, and other processes' memory on the device."""
+    import pynvml
+
+    reasons_of = getattr(pynvml, "nvmlDeviceGetCurrentClocksEventReasons", None) or \
+        pynvml.nvmlDeviceGetCurrentClocksThrottleReasons
+    reasons = int(reasons_of(handle))
+    try:
+        processes = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
+        others = sum(int(p.usedGpuMemory or 0) for p in processes if p.pid != os.getpid())
+    except pynvml.NVMLError:
+        others = None
+    return {
+        "sm_clock_mhz": int(pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_SM)),
+        "mem_clock_mhz": int(pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_MEM)),
+        "clock_event_reasons": [name for bit, name in CLOCK_EVENT_REASONS.items() if reasons & bit],
+        "other_processes_bytes": others,
+    }
 
 
 def _rss_bytes() -> int:
@@ -78,6 +108,20 @@ class MemoryTracker:
         self._peak: int | None = None
         self._baseline: int | None = None
         self._failed: str | None = None
+        self._state_start: dict[str, Any] | None = None
+
+    def _state(self) -> dict[str, Any] | None:
+        if self._handle is None:
+            return None
+        try:
+            state = device_state(self._handle)
+        except Exception as error:  # NVML without clock or process queries
+            warnings.warn(f"NVML device state unavailable: {error}", MemoryWarning, stacklevel=3)
+            return None
+        if state["other_processes_bytes"]:
+            warnings.warn(f"other processes hold {state['other_processes_bytes'] / 2**30:.1f} GiB on the "
+                          "benchmark GPU: results may suffer from contention", MemoryWarning, stacklevel=3)
+        return state
 
     def _sample(self) -> int | None:
         if not self._cuda:
@@ -110,6 +154,7 @@ class MemoryTracker:
             torch.cuda.reset_peak_memory_stats(self.device)
         self._record()
         self._baseline = self._peak
+        self._state_start = self._state()
         self._thread = threading.Thread(target=self._loop, name="dlmbench-memory", daemon=True)
         self._thread.start()
         return self
@@ -135,6 +180,8 @@ class MemoryTracker:
             peak_reserved_bytes=int(torch.cuda.max_memory_reserved(self.device)),
             nvml_peak_used_bytes=self._peak,
             nvml_baseline_used_bytes=self._baseline,
+            state_start=self._state_start,
+            state_end=self._state(),
         )
 
 

@@ -49,6 +49,8 @@ class PointMetrics:
     threshold: float | None = None
     tpf_target: float | None = None
     token_agreement: float | None = None  # share of tokens equal to the baseline strategy's output
+    predicted_peak_bytes: int | None = None  # the analytic memory model (memory_model.py)
+    measured_to_predicted: float | None = None  # peak_mem_allocated_bytes / predicted_peak_bytes
     prompt_source: str = "synthetic"
     rounds: int = 0
     warmup_rounds: int = 0
@@ -56,6 +58,11 @@ class PointMetrics:
     nvml_baseline_used_bytes: int | None = None
     peak_rss_bytes: int | None = None
     message: str | None = None
+    sm_clock_mhz_start: int | None = None  # NVML readings when the tracked run began and ended
+    sm_clock_mhz_end: int | None = None
+    clock_event_reasons_start: tuple[str, ...] | None = None
+    clock_event_reasons_end: tuple[str, ...] | None = None
+    other_processes_bytes: int | None = None
 
     @classmethod
     def from_run(
@@ -72,6 +79,8 @@ class PointMetrics:
     ) -> PointMetrics:
         """Derive every rate from raw readings of one point; `describe` carries the labels."""
         latency = statistics.median(latencies_s) if latencies_s else None
+        predicted = describe.get("predicted_peak_bytes")
+        measured = memory.peak_allocated_bytes
         tokens = point.batch_size * point.gen_len
         step_ms = [ms for kind, values in forward_ms.items() if kind not in FORWARD_KINDS_EXCLUDED_FROM_STEP_TIME
                    for ms in values]
@@ -95,11 +104,13 @@ class PointMetrics:
             nvml_peak_used_bytes=memory.nvml_peak_used_bytes,
             nvml_baseline_used_bytes=memory.nvml_baseline_used_bytes,
             peak_rss_bytes=memory.peak_rss_bytes,
+            **device_state_fields(memory),
             status="ok",
             rounds=len(latencies_s),
             warmup_rounds=warmup_rounds,
             round_latencies_s=tuple(latencies_s),
             token_agreement=token_agreement,
+            measured_to_predicted=measured / predicted if measured and predicted else None,
             **describe,
         )
 
@@ -122,5 +133,17 @@ class PointMetrics:
 
     def to_extra_info(self) -> dict[str, Any]:
         info = dataclasses.asdict(self)
-        info["round_latencies_s"] = list(self.round_latencies_s)
-        return info
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in info.items()}
+
+
+def device_state_fields(memory: MemoryReport) -> dict[str, Any]:
+    """The flat extra_info keys of the NVML device state at the start and end of a tracked run."""
+    start, end = memory.state_start or {}, memory.state_end or {}
+    reasons_start, reasons_end = start.get("clock_event_reasons"), end.get("clock_event_reasons")
+    return {
+        "sm_clock_mhz_start": start.get("sm_clock_mhz"),
+        "sm_clock_mhz_end": end.get("sm_clock_mhz"),
+        "clock_event_reasons_start": None if reasons_start is None else tuple(reasons_start),
+        "clock_event_reasons_end": None if reasons_end is None else tuple(reasons_end),
+        "other_processes_bytes": end.get("other_processes_bytes", start.get("other_processes_bytes")),
+    }

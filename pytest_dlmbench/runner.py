@@ -18,6 +18,7 @@ import pytest
 
 from pytest_dlmbench.grid import BenchPoint
 from pytest_dlmbench.memory import MemoryReport, MemoryTracker, is_out_of_memory, memory_now, release_memory
+from pytest_dlmbench.memory_model import predicted_peak_bytes
 from pytest_dlmbench.metrics import PointMetrics
 from pytest_dlmbench.paradigms import ForwardLog, GenerationResult, make_paradigm
 from pytest_dlmbench.prompts import gsm8k_prompts, load_gsm8k, synthetic_prompts
@@ -117,7 +118,9 @@ class PointRunner:
             paradigm = make_paradigm(point.paradigm, settings.decode_for(loaded.weights), point.strategy)
             paradigm.validate(spec, point.prompt_len, point.gen_len, point.batch_size)
             prompt_ids = self._prompts(point, loaded)
+            phases = paradigm.memory_phases(spec, point.prompt_len, point.gen_len)
             describe = {"weights": loaded.weights, "prompt_source": settings.prompts,
+                        "predicted_peak_bytes": predicted_peak_bytes(spec, phases, point.batch_size, settings.dtype),
                         **paradigm.describe(spec, point.gen_len)}
 
             def run_once() -> GenerationResult:

@@ -92,3 +92,31 @@ def test_isolated_probes_run_in_fresh_processes(pytester):
     assert result.ret == 0, result.stdout.str()
     info = json.loads((pytester.path / "out.json").read_text())["benchmarks"][0]["extra_info"]
     assert info["isolated_probes"] is True and info["max_batch_size"] == 3 and info["first_oom_batch"] is None
+
+
+@pytest.mark.parametrize("name", ["tiny-ar", "tiny-dlm", "tiny-block", "llama-3.1-8b", "llada-8b", "fast-dllm-v2-7b"])
+def test_parameter_count_is_exact(name):
+    from transformers import AutoModelForCausalLM
+
+    from pytest_dlmbench.memory_model import parameter_count
+    from pytest_dlmbench.models import get_spec
+
+    spec = get_spec(name)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(spec.config())
+    assert parameter_count(spec) == sum(p.numel() for p in model.parameters())
+
+
+def test_memory_prediction_grows_with_batch_and_cache():
+    from pytest_dlmbench.memory_model import predicted_max_batch, predicted_peak_bytes
+    from pytest_dlmbench.models import get_spec
+
+    spec = get_spec("llada-8b")
+    plain = make_paradigm("dlm", DecodeOptions(), "baseline").memory_phases(spec, 920, 256)
+    cached = make_paradigm("dlm", DecodeOptions(), "dual_cache").memory_phases(spec, 920, 256)
+    weights = predicted_peak_bytes(spec, plain, 0, "bf16")
+    assert weights == pytest.approx(8.016e9 * 2, rel=1e-3)
+    assert predicted_peak_bytes(spec, plain, 16, "bf16") > predicted_peak_bytes(spec, plain, 1, "bf16") > weights
+    assert predicted_peak_bytes(spec, cached, 16, "bf16") > predicted_peak_bytes(spec, plain, 16, "bf16")
+    fits = predicted_max_batch(spec, cached, "bf16", 24 * 2**30)
+    assert predicted_peak_bytes(spec, cached, fits, "bf16") <= 24 * 2**30 < predicted_peak_bytes(spec, cached, fits + 1, "bf16")

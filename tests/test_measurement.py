@@ -95,3 +95,24 @@ def test_cli_version_and_help(capsys):
     assert exit_info.value.code == 0 and __version__ in capsys.readouterr().out
     assert main([]) == 0
     assert "--benchmark-save=NAME" in " ".join(capsys.readouterr().out.split())
+
+
+def test_device_state_reads_clocks_reasons_and_other_processes(monkeypatch):
+    import os
+    from types import SimpleNamespace
+
+    import pynvml
+
+    from pytest_dlmbench.memory import device_state
+    from pytest_dlmbench.metrics import device_state_fields
+
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetCurrentClocksEventReasons", lambda h: 0x4 | 0x40, raising=False)
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetClockInfo", lambda h, kind: 1980 if kind == pynvml.NVML_CLOCK_SM else 2619)
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetComputeRunningProcesses", lambda h: [
+        SimpleNamespace(pid=os.getpid(), usedGpuMemory=10 * 2**30), SimpleNamespace(pid=-7, usedGpuMemory=2**30)])
+    state = device_state(object())
+    assert state == {"sm_clock_mhz": 1980, "mem_clock_mhz": 2619, "other_processes_bytes": 2**30,
+                     "clock_event_reasons": ["sw_power_cap", "hw_thermal_slowdown"]}
+    fields = device_state_fields(MemoryReport(state_start=state, state_end=state))
+    assert fields["clock_event_reasons_end"] == ("sw_power_cap", "hw_thermal_slowdown")
+    assert fields["sm_clock_mhz_start"] == 1980 and fields["other_processes_bytes"] == 2**30

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from pytest_dlmbench.memory_model import Phase
 from pytest_dlmbench.paradigms.base import DecodeOptions, ForwardLog, GenerationResult, register, validate_lengths
 from pytest_dlmbench.paradigms.kv import extend
 
@@ -32,6 +33,10 @@ class AutoregressiveDecoder:
 
     def describe(self, spec: ModelSpec, gen_len: int) -> dict[str, Any]:
         return {"block_size": None, "steps": None, "acceptance": "fixed", "threshold": None, "tpf_target": None}
+
+    def memory_phases(self, spec: ModelSpec, prompt_len: int, gen_len: int) -> list[Phase]:
+        # the prefill, then the last decode step on the full cache
+        return [Phase(prompt_len, prompt_len, 1), Phase(prompt_len + gen_len, 1, 1)]
 
     def generate(
         self, model: PreTrainedModel, spec: ModelSpec, prompt_ids: torch.Tensor, gen_len: int, log: ForwardLog

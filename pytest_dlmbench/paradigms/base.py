@@ -14,6 +14,8 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel
 
+    from pytest_dlmbench.memory_model import Phase
+
     from pytest_dlmbench.models import ModelSpec
 
 
@@ -89,6 +91,10 @@ class Paradigm(Protocol):
     def generate(
         self, model: PreTrainedModel, spec: ModelSpec, prompt_ids: torch.Tensor, gen_len: int, log: ForwardLog
     ) -> GenerationResult: ...
+
+    def memory_phases(self, spec: ModelSpec, prompt_len: int, gen_len: int) -> list[Phase]:
+        """The generation's stages for the analytic memory model (see memory_model.py)."""
+        ...
 
     def probe(self, model: PreTrainedModel, spec: ModelSpec, prompt_ids: torch.Tensor, gen_len: int, log: ForwardLog) -> None:
         """Reach the generation's peak memory as cheaply as the algorithm allows (OOM probes)."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from pytest_dlmbench.memory_model import Phase
 from pytest_dlmbench.paradigms.acceptance import Acceptance, Threshold, commit, greedy_confidence
 from pytest_dlmbench.paradigms.base import (
     DecodeError,
@@ -70,6 +71,12 @@ class BlockDiffusionDecoder:
         if isinstance(self.acceptance, Threshold) and self.acceptance.threshold >= 1.0:
             described["acceptance"] = "fixed"  # one token per step, whatever the weights
         return described
+
+    def memory_phases(self, spec: ModelSpec, prompt_len: int, gen_len: int) -> list[Phase]:
+        # the block-aligned prefill, then a block forward on the (almost) full cache
+        aligned = prompt_len // spec.block_size * spec.block_size
+        subblock = self.subblock_len or spec.subblock_size
+        return [Phase(aligned, aligned, 1), Phase(prompt_len + gen_len, spec.block_size, subblock)]
 
     def validate(self, spec: ModelSpec, prompt_len: int, gen_len: int, batch_size: int) -> None:
         validate_lengths(spec, prompt_len, gen_len, batch_size)

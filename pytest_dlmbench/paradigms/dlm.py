@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from pytest_dlmbench.memory_model import Phase
 from pytest_dlmbench.paradigms.acceptance import Acceptance, Schedule, commit
 from pytest_dlmbench.paradigms.base import (
     DecodeError,
@@ -70,6 +71,11 @@ class MaskedDiffusionDecoder:
     def describe(self, spec: ModelSpec, gen_len: int) -> dict[str, Any]:
         steps = None if self.parallel else self.total_steps(gen_len)
         return labels(self.acceptance(gen_len), block_size=self.block_len, steps=steps)
+
+    def memory_phases(self, spec: ModelSpec, prompt_len: int, gen_len: int) -> list[Phase]:
+        # every step is a full forward; with a cache, that forward also stores every position's KV
+        total = prompt_len + gen_len
+        return [Phase(total if self.cache != "none" else 0, total, self.block_len)]
 
     def validate(self, spec: ModelSpec, prompt_len: int, gen_len: int, batch_size: int) -> None:
         validate_lengths(spec, prompt_len, gen_len, batch_size)

@@ -1,0 +1,66 @@
+"""An analytic peak-memory estimate per point, to set beside the measurement and to predict
+where a point would run out of memory on cards that are not present.
+
+    peak = weights + batch * max over phases of (KV cache + one layer's KV copy + activations + logits)
+
+- weights: the parameter count (exact, from the shapes) x dtype bytes;
+- KV cache: cached positions x 2 (K, V) x layers x KV heads x head dim x dtype bytes; while a
+  DynamicCache grows, one layer exists twice for a moment (the concatenation copy);
+- activations: tokens in the forward x (4 x hidden + 3 x FFN) x dtype bytes (residual stream,
+  attention input/output and the MLP's gate, up and activated tensors alive together);
+- logits: positions whose logits are computed x vocab x (dtype bytes + 8) (the logits, their
+  float32 copy and its softmax).
+Each paradigm names its phases (cached positions, forward tokens, logit positions) in
+`memory_phases()`. The estimate ignores allocator rounding and fragmentation and the CUDA context.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pytest_dlmbench.models import ModelSpec
+
+DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+CARDS_GIB = (24, 40, 48, 80)
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One stage of a generation, per sequence."""
+
+    cached_positions: int
+    forward_tokens: int
+    logit_positions: int
+
+
+def parameter_count(spec: ModelSpec) -> int:
+    """Exact parameter count of the architecture (untied embeddings; Qwen2 has q/k/v biases)."""
+    h, d, layers = spec.hidden_size, spec.head_dim, spec.num_layers
+    q, kv = spec.num_heads * d, spec.num_kv_heads * d
+    attention = h * q + 2 * h * kv + q * h + ((q + 2 * kv) if spec.family == "qwen2" else 0)
+    mlp = 3 * h * spec.intermediate_size
+    return 2 * spec.vocab_size * h + layers * (attention + mlp + 2 * h) + h
+
+
+def predicted_peak_bytes(spec: ModelSpec, phases: list[Phase], batch_size: int, dtype: str) -> int:
+    size = DTYPE_BYTES[dtype]
+    layer_kv = 2 * spec.num_kv_heads * spec.head_dim * size  # bytes per cached position and layer
+    per_sequence = max(
+        phase.cached_positions * layer_kv * (spec.num_layers + 1)
+        + phase.forward_tokens * (4 * spec.hidden_size + 3 * spec.intermediate_size) * size
+        + phase.logit_positions * spec.vocab_size * (size + 8)
+        for phase in phases
+    )
+    return parameter_count(spec) * size + batch_size * per_sequence
+
+
+def predicted_max_batch(spec: ModelSpec, phases: list[Phase], dtype: str, memory_bytes: int, limit: int = 1 << 20) -> int:
+    """The largest batch whose predicted peak fits in `memory_bytes` (0 if none)."""
+    low, high = 0, limit + 1
+    while high - low > 1:
+        middle = (low + high) // 2
+        if predicted_peak_bytes(spec, phases, middle, dtype) <= memory_bytes:
+            low = middle
+        else:
+            high = middle
+    return low
