@@ -167,6 +167,12 @@ def add_options(parser: pytest.Parser) -> None:
     add("--dlm-memory-limit", type=_number(1e-3, "a positive number of GiB"), default=None, metavar="GIB",
         help="Cap usable GPU memory at GIB, to ask where a point would run out of memory on a smaller card. "
         "Default: the whole device.")
+    add("--dlm-peak-tflops", type=_number(1e-6, "a positive TFLOP/s"), default=None,
+        help="The GPU's peak dense bf16 TFLOP/s for the roofline. Default: the table entry for its name.")
+    add("--dlm-peak-gbps", type=_number(1e-6, "a positive GB/s"), default=None,
+        help="The GPU's peak memory bandwidth in GB/s for the roofline. Default: the table entry for its name.")
+    add("--dlm-measure-ceilings", action="store_true", default=False,
+        help="Measure copy bandwidth and a large bf16 matmul on this GPU and use them as the roofs. Default: off.")
     add("--dlm-gate", type=_gate_rule, action="append", default=[], metavar="METRIC:THRESHOLD",
         help="Fail the session when a point regresses against the baseline (repeatable): tokens_per_s:5%%, "
         "latency_s:0.2, max_batch_size:0, my_key:3%%:higher. Default with --dlm-baseline: tokens_per_s:5%%.")
@@ -202,6 +208,9 @@ class Settings:
     max_batch: int = 1024
     isolate: str = "auto"
     memory_limit_gib: float | None = None
+    peak_tflops: float | None = None
+    peak_gbps: float | None = None
+    measure_ceilings: bool = False
     gate: tuple[GateRule, ...] = ()
     baseline: str | None = None
     allow_mismatch: bool = False
@@ -234,6 +243,9 @@ class Settings:
             max_batch=option("dlm_max_batch"),
             isolate=option("dlm_isolate"),
             memory_limit_gib=option("dlm_memory_limit"),
+            peak_tflops=option("dlm_peak_tflops"),
+            peak_gbps=option("dlm_peak_gbps"),
+            measure_ceilings=option("dlm_measure_ceilings"),
             gate=tuple(option("dlm_gate")),
             baseline=option("dlm_baseline"),
             allow_mismatch=option("dlm_allow_mismatch"),

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from pytest_dlmbench.gate import Verdict
     from pytest_dlmbench.loader import ModelCache
     from pytest_dlmbench.memory import MemoryTracker
+    from pytest_dlmbench.roofline import Peaks
     from pytest_dlmbench.runner import PointRunner
     from pytest_dlmbench.store import SavedRun
     from pytest_dlmbench.timing import RegionTimer
@@ -163,6 +164,14 @@ def dlm_model(dlm_settings: Settings) -> Iterator[ModelCache]:
     cache.release()
 
 
+@pytest.fixture(scope="session")
+def dlm_peaks(dlm_settings: Settings) -> Peaks | None:
+    """The GPU's roofs for the roofline fields (None off CUDA)."""
+    from pytest_dlmbench.roofline import device_peaks
+
+    return device_peaks(dlm_settings)
+
+
 @pytest.fixture
 def cuda_timer(dlm_settings: Settings) -> RegionTimer:
     """Times regions on the benchmark device: ``with cuda_timer.region("x"): ...``; ``cuda_timer.read()``."""
@@ -181,7 +190,8 @@ def gpu_memory(dlm_settings: Settings) -> Callable[[], MemoryTracker]:
 
 @pytest.fixture
 def dlm_bench(
-    benchmark: Any, dlm_settings: Settings, dlm_model: ModelCache, pytestconfig: pytest.Config, request: pytest.FixtureRequest
+    benchmark: Any, dlm_settings: Settings, dlm_model: ModelCache, dlm_peaks: Peaks | None, pytestconfig: pytest.Config,
+    request: pytest.FixtureRequest,
 ) -> PointRunner:
     """Runs one point: ``dlm_bench(dlm_point)`` or ``dlm_bench(point, generate=fn, vocab_size=n)``."""
     from pytest_dlmbench.runner import PointRunner
@@ -190,7 +200,7 @@ def dlm_bench(
         pytestconfig.stash[RESULTS][request.node.nodeid] = metrics
 
     return PointRunner(benchmark, dlm_settings, dlm_model, _line_writer(pytestconfig), record,
-                       pytestconfig.stash[BASELINES])
+                       pytestconfig.stash[BASELINES], dlm_peaks)
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from pytest_dlmbench.memory_model import predicted_peak_bytes
 from pytest_dlmbench.metrics import PointMetrics
 from pytest_dlmbench.paradigms import ForwardLog, GenerationResult, make_paradigm
 from pytest_dlmbench.prompts import gsm8k_prompts, load_gsm8k, synthetic_prompts
+from pytest_dlmbench.roofline import Peaks, roofline_fields
 from pytest_dlmbench.timing import RegionTimer, synchronize
 
 if TYPE_CHECKING:
@@ -63,7 +64,9 @@ class PointRunner:
         write_line: Callable[[str], None] | None = None,
         record: Callable[[PointMetrics], None] | None = None,
         baselines: dict[tuple[Any, ...], torch.Tensor] | None = None,
+        peaks: Peaks | None = None,
     ) -> None:
+        self.peaks = peaks  # the device's roofs (None off CUDA)
         self.benchmark = benchmark
         self.settings = settings
         self.models = models
@@ -76,7 +79,7 @@ class PointRunner:
         """Measure one point. An out-of-memory point is recorded (status "oom") and skipped; any
         other failure is recorded (status "error") and raised."""
         progress = Progress(self.write_line, point.id)
-        run_once, describe = self._prepare(point, generate, vocab_size, progress)
+        run_once, describe, decoder = self._prepare(point, generate, vocab_size, progress)
         failure: tuple[str, str] | None = None
         try:
             results, latencies, memory = self._measure(run_once, progress)
@@ -100,6 +103,13 @@ class PointRunner:
             memory=memory, warmup_rounds=self.settings.warmup, token_agreement=self._agreement(point, results[-1].tokens),
         )
         self.benchmark.extra_info.update(metrics.to_extra_info())
+        if decoder is not None:  # built-in paradigms know the shape of every forward
+            spec, paradigm = decoder
+            self.benchmark.extra_info.update(
+                roofline_fields(spec, results[-1].shapes, point.batch_size, point.gen_len, self.settings.dtype,
+                                metrics.latency_s, self.peaks),
+                ai_paper=paradigm.paper_arithmetic_intensity(spec, point.prompt_len, point.gen_len, point.batch_size),
+            )
         self._record(metrics)
         return metrics
 
@@ -108,8 +118,9 @@ class PointRunner:
             self.record(metrics)
 
     def _prepare(self, point: BenchPoint, generate: GenerateFn | None, vocab_size: int | None,
-                 progress: Progress) -> tuple[Callable[[], GenerationResult], dict[str, Any]]:
-        """A callable that runs one whole generation, and the point's labels."""
+                 progress: Progress) -> tuple[Callable[[], GenerationResult], dict[str, Any], tuple[Any, Any] | None]:
+        """A callable that runs one whole generation, the point's labels, and (spec, paradigm)
+        for the built-in paradigms."""
         settings = self.settings
         device = settings.torch_device
         if generate is None:
@@ -126,7 +137,10 @@ class PointRunner:
             def run_once() -> GenerationResult:
                 log = ForwardLog(RegionTimer(device), progress)
                 return paradigm.generate(model, spec, prompt_ids, point.gen_len, log)
+
+            decoder = (spec, paradigm)
         else:
+            decoder = None
             if vocab_size is None:
                 raise ValueError("dlm_bench(point, generate=fn) also needs vocab_size= for the prompt ids")
             prompt_ids = synthetic_prompts(vocab_size, point.batch_size, point.prompt_len, settings.seed, device)
@@ -136,7 +150,7 @@ class PointRunner:
                 out = generate(prompt_ids)
                 return out if isinstance(out, GenerationResult) else GenerationResult(tokens=out, nfe=0)
 
-        return run_once, describe | {"dtype": settings.dtype, "device": settings.device}
+        return run_once, describe | {"dtype": settings.dtype, "device": settings.device}, decoder
 
     def _measure(self, run_once: Callable[[], GenerationResult],
                  progress: Progress) -> tuple[list[GenerationResult], list[float], MemoryReport]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pytest_dlmbench.memory_model import Phase
+from pytest_dlmbench.memory_model import Phase, parameter_count
 from pytest_dlmbench.paradigms.base import DecodeOptions, ForwardLog, GenerationResult, register, validate_lengths
 from pytest_dlmbench.paradigms.kv import extend
 
@@ -34,6 +34,10 @@ class AutoregressiveDecoder:
     def describe(self, spec: ModelSpec, gen_len: int) -> dict[str, Any]:
         return {"block_size": None, "steps": None, "acceptance": "fixed", "threshold": None, "tpf_target": None}
 
+    def paper_arithmetic_intensity(self, spec: ModelSpec, prompt_len: int, gen_len: int, batch: int) -> float:
+        n = parameter_count(spec)  # eq. 11: B N / (N + B n_l n_h n_d L)
+        return batch * n / (n + batch * spec.num_layers * spec.num_heads * spec.head_dim * (prompt_len + gen_len))
+
     def memory_phases(self, spec: ModelSpec, prompt_len: int, gen_len: int) -> list[Phase]:
         # the prefill, then the last decode step on the full cache
         return [Phase(prompt_len, prompt_len, 1), Phase(prompt_len + gen_len, 1, 1)]
@@ -47,11 +51,12 @@ class AutoregressiveDecoder:
         self.validate(spec, prompt_ids.shape[1], gen_len, prompt_ids.shape[0])
         cache = DynamicCache(config=model.config)
         tokens = torch.empty(prompt_ids.shape[0], gen_len, dtype=torch.long, device=prompt_ids.device)
-        with log.forward("prefill"):  # the prompt's KV enters the cache; its last logit is token 0
+        prompt_len = prompt_ids.shape[1]
+        with log.forward("prefill", prompt_len, prompt_len, 1, "causal", prompt_len):  # its last logit is token 0
             logits = model(prompt_ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
         tokens[:, 0] = logits[:, -1].argmax(dim=-1)
         for position in range(1, gen_len):
-            with log.forward("decode"):  # (batch, 1) in, (batch, 1, vocab) out
+            with log.forward("decode", 1, prompt_len + position, 1, "causal", 1):  # (batch, 1) in, (batch, 1, vocab) out
                 logits = model(tokens[:, position - 1 : position], past_key_values=cache, use_cache=True).logits
             tokens[:, position] = logits[:, -1].argmax(dim=-1)
         return log.result(tokens)
@@ -61,10 +66,10 @@ class AutoregressiveDecoder:
         from transformers import DynamicCache
 
         cache = DynamicCache(config=model.config)
-        with log.forward("prefill"):
-            model(prompt_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
         batch, prompt_len = prompt_ids.shape
+        with log.forward("prefill", prompt_len, prompt_len, 1, "causal", prompt_len):
+            model(prompt_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
         extend(cache, prompt_len + gen_len - 3, model, batch)
-        for _ in range(min(2, gen_len - 1)):
-            with log.forward("decode"):
+        for position in range(max(1, gen_len - 2), gen_len):
+            with log.forward("decode", 1, prompt_len + position, 1, "causal", 1):
                 model(prompt_ids[:, -1:], past_key_values=cache, use_cache=True)

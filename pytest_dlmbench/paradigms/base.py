@@ -40,12 +40,25 @@ class DecodeOptions:
 
 
 @dataclass(frozen=True)
+class ForwardShape:
+    """What one forward computed, per sequence: the input of the analytic roofline (roofline.py)."""
+
+    kind: str  # "prefill", "decode", "step", "refresh", "commit"
+    tokens: int  # positions forwarded (queries)
+    context: int  # positions attended to (cached + forwarded)
+    logits: int  # positions whose logits were computed
+    attention: str = "full"  # "full" (bidirectional), "causal" (queries last) or "block_causal"
+    kv_written: int = 0  # positions whose KV this forward wrote into a cache
+
+
+@dataclass(frozen=True)
 class GenerationResult:
     """What one generation produced and how many forwards it took."""
 
     tokens: torch.Tensor  # (batch, gen_len) generated ids, prompt excluded
     nfe: int  # model forward passes, prefill included
     forward_ms: dict[str, list[float]] = field(default_factory=dict)  # per forward kind
+    shapes: tuple[ForwardShape, ...] = ()  # every forward, in order
 
 
 class ForwardLimitReached(Exception):
@@ -60,12 +73,16 @@ class ForwardLog:
     progress: Callable[[int], None] | None = None
     nfe: int = 0
     limit: int | None = None  # stop the generation after this many forwards
+    shapes: list[ForwardShape] = field(default_factory=list)
 
     @contextmanager
-    def forward(self, kind: str) -> Iterator[None]:
-        """Wrap one model forward; `kind` is e.g. "prefill", "decode", "step", "commit"."""
+    def forward(self, kind: str, tokens: int, context: int, logits: int, attention: str = "full",
+                kv_written: int = 0) -> Iterator[None]:
+        """Wrap one model forward of `kind` ("prefill", "decode", "step", "refresh", "commit") and
+        record its shape (per sequence; see ForwardShape)."""
         with self.timer.region(kind):
             yield
+        self.shapes.append(ForwardShape(kind, tokens, context, logits, attention, kv_written))
         self.nfe += 1
         if self.progress is not None:
             self.progress(self.nfe)
@@ -73,7 +90,7 @@ class ForwardLog:
             raise ForwardLimitReached
 
     def result(self, tokens: torch.Tensor) -> GenerationResult:
-        return GenerationResult(tokens=tokens, nfe=self.nfe, forward_ms=self.timer.read())
+        return GenerationResult(tokens=tokens, nfe=self.nfe, forward_ms=self.timer.read(), shapes=tuple(self.shapes))
 
 
 class Paradigm(Protocol):
@@ -94,6 +111,10 @@ class Paradigm(Protocol):
 
     def memory_phases(self, spec: ModelSpec, prompt_len: int, gen_len: int) -> list[Phase]:
         """The generation's stages for the analytic memory model (see memory_model.py)."""
+        ...
+
+    def paper_arithmetic_intensity(self, spec: ModelSpec, prompt_len: int, gen_len: int, batch: int) -> float:
+        """The first seed paper's Appendix A closed form (eqs. 11-13), L = prompt + gen."""
         ...
 
     def probe(self, model: PreTrainedModel, spec: ModelSpec, prompt_ids: torch.Tensor, gen_len: int, log: ForwardLog) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pytest_dlmbench.memory_model import Phase
+from pytest_dlmbench.memory_model import Phase, parameter_count
 from pytest_dlmbench.paradigms.acceptance import Acceptance, Threshold, commit, greedy_confidence
 from pytest_dlmbench.paradigms.base import (
     DecodeError,
@@ -72,6 +72,14 @@ class BlockDiffusionDecoder:
             described["acceptance"] = "fixed"  # one token per step, whatever the weights
         return described
 
+    def paper_arithmetic_intensity(self, spec: ModelSpec, prompt_len: int, gen_len: int, batch: int) -> float:
+        # eq. 12: 2 B n_l (2 G d^2 + a^2 G d^2 + L G d) / (N + 2 B n_l d L + B n_l d G)
+        n, layers, d, length, g = (parameter_count(spec), spec.num_layers, spec.hidden_size, prompt_len + gen_len,
+                                   spec.block_size)
+        alpha = spec.intermediate_size / d
+        return 2 * batch * layers * (2 * g * d * d + alpha**2 * g * d * d + length * g * d) / (
+            n + 2 * batch * layers * d * length + batch * layers * d * g)
+
     def memory_phases(self, spec: ModelSpec, prompt_len: int, gen_len: int) -> list[Phase]:
         # the block-aligned prefill, then a block forward on the (almost) full cache
         aligned = prompt_len // spec.block_size * spec.block_size
@@ -110,7 +118,7 @@ class BlockDiffusionDecoder:
         aligned = prompt_len // block_size * block_size
         next_logits = None  # (batch, 1, vocab): the prediction for the next block's first position
         if aligned:
-            with log.forward("prefill"):
+            with log.forward("prefill", aligned, aligned, 1, "block_causal", aligned):
                 mask = block_causal_mask(aligned, block_size, x.device)
                 out = model(x[:, :aligned], attention_mask=mask, past_key_values=cache, use_cache=True, logits_to_keep=1)
             next_logits = out.logits[:, -1:]
@@ -134,7 +142,8 @@ class BlockDiffusionDecoder:
                 while bool((x[:, sub] == mask_id).any()):
                     if not self.subblock_cache or step == 0 or self.refresh_every_step:
                         truncate(cache, start)
-                        with log.forward("step" if not self.subblock_cache or step == 0 else "refresh"):
+                        kind = "step" if not self.subblock_cache or step == 0 else "refresh"
+                        with log.forward(kind, end - start, end, sub.stop - sub.start, kv_written=end - start):
                             # (batch, block) against the cached prefix, no mask
                             logits = model(x[:, start:end], past_key_values=cache, use_cache=True, is_causal=False,
                                            logits_to_keep=shifted - start).logits  # (batch, sub-block, vocab)
@@ -143,14 +152,15 @@ class BlockDiffusionDecoder:
                         else:
                             truncate(cache, start)
                     if self.subblock_cache and step > 0:
-                        with log.forward("step"):
+                        with log.forward("step", sub.stop - span_start, end, sub.stop - sub.start,
+                                         kv_written=sub.stop - span_start):
                             logits = forward_span(model, x[:, span_start : sub.stop], span_start, cache,
                                                   shifted - span_start, is_causal=False)
                     x[:, sub] = commit(x[:, sub], logits, mask_id, next(counts), threshold)
                     step += 1
             truncate(cache, start)
             if end < total:
-                with log.forward("commit"):  # append the finished block's KV
+                with log.forward("commit", end - start, end, 1, kv_written=end - start):  # append the block's KV
                     out = model(x[:, start:end], past_key_values=cache, use_cache=True, is_causal=False, logits_to_keep=1)
                 next_logits = out.logits[:, -1:]
         return log.result(x[:, prompt_len:])

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pytest_dlmbench.memory_model import Phase
+from pytest_dlmbench.memory_model import Phase, parameter_count
 from pytest_dlmbench.paradigms.acceptance import Acceptance, Schedule, commit
 from pytest_dlmbench.paradigms.base import (
     DecodeError,
@@ -72,6 +72,13 @@ class MaskedDiffusionDecoder:
         steps = None if self.parallel else self.total_steps(gen_len)
         return labels(self.acceptance(gen_len), block_size=self.block_len, steps=steps)
 
+    def paper_arithmetic_intensity(self, spec: ModelSpec, prompt_len: int, gen_len: int, batch: int) -> float:
+        # eq. 13: 2 B n_l (2 L d^2 + a^2 L d^2 + L^2 d) / (N + B n_l d L), a = FFN / d
+        n, layers, d, length = parameter_count(spec), spec.num_layers, spec.hidden_size, prompt_len + gen_len
+        alpha = spec.intermediate_size / d
+        return 2 * batch * layers * (2 * length * d * d + alpha**2 * length * d * d + length**2 * d) / (
+            n + batch * layers * d * length)
+
     def memory_phases(self, spec: ModelSpec, prompt_len: int, gen_len: int) -> list[Phase]:
         # every step is a full forward; with a cache, that forward also stores every position's KV
         total = prompt_len + gen_len
@@ -108,22 +115,20 @@ class MaskedDiffusionDecoder:
             cache, step = None, 0
             while bool((x[:, start:end] == mask_id).any()):
                 if self.cache == "none":
-                    with log.forward("step"):  # full bidirectional forward; logits for this block only
+                    with log.forward("step", total, total, self.block_len):  # bidirectional; this block's logits only
                         logits = model(x, logits_to_keep=block_rows + start).logits  # (batch, block, vocab)
                 if self.cache != "none" and (step == 0 or self.refresh_every_step):
                     cache = DynamicCache(config=model.config)
-                    with log.forward("refresh"):  # full forward that also fills the cache
+                    with log.forward("refresh", total, total, self.block_len, kv_written=total):  # also fills the cache
                         logits = model(x, past_key_values=cache, use_cache=True, logits_to_keep=block_rows + start).logits
                     if self.cache == "prefix":
                         truncate(cache, start)  # keep positions before the block
                     else:
                         drop_span(cache, start, end)  # keep prefix and suffix
                 if self.cache != "none" and step > 0:
-                    with log.forward("step"):
-                        if self.cache == "prefix":  # the block and everything after it
-                            logits = forward_span(model, x[:, start:], start, cache, block_rows)
-                        else:  # the block alone, between cached prefix and suffix
-                            logits = forward_span(model, x[:, start:end], start, cache, block_rows)
+                    span_end = total if self.cache == "prefix" else end  # prefix: the block and all after it
+                    with log.forward("step", span_end - start, total, self.block_len, kv_written=span_end - start):
+                        logits = forward_span(model, x[:, start:span_end], start, cache, block_rows)
                 x[:, start:end] = commit(x[:, start:end], logits, mask_id, next(counts), acceptance.threshold)
                 step += 1
         return log.result(x[:, prompt_len:])

@@ -1,0 +1,197 @@
+"""Analytic FLOPs and bytes of every forward, the device's roofs, and how close a point came.
+
+Counts, per forward and sequence (the batch multiplies all but the weights):
+- FLOPs = 2 x matmul weights x tokens + 2 x hidden x vocab x logit positions
+          + 4 x layers x heads x head_dim x attended (query, key) pairs;
+  pairs: full = tokens x context; causal (queries last) = tokens x (context - tokens) + tokens(tokens+1)/2;
+  block_causal = each query sees every key of its block and the blocks before.
+- bytes = weights read once per forward (all but the embedding table, whose rows are read)
+          + KV read (context - tokens cached positions) + KV written + hidden states in and out
+          + logits out.
+Roofline: a forward takes at least max(FLOPs / peak FLOP/s, bytes / peak bandwidth); summed over
+the generation's forwards this is the attainable time, and `roofline_fraction` = measured
+tokens/s / attainable tokens/s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pytest_dlmbench.memory_model import DTYPE_BYTES, parameter_count
+from pytest_dlmbench.models import ModelSpec
+from pytest_dlmbench.paradigms.base import ForwardShape
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass(frozen=True)
+class Peaks:
+    """A device's dense bf16/fp16 tensor peak and memory bandwidth."""
+
+    tflops: float
+    gbps: float
+    source: str  # "table", "measured" or "user"
+
+    @property
+    def ridge(self) -> float:
+        """FLOPs per byte at which the compute roof meets the memory roof."""
+        return self.tflops * 1e12 / (self.gbps * 1e9)
+
+
+# Spec-sheet dense (no sparsity) bf16 tensor FLOP/s and memory bandwidth, by NVML name fragment.
+# The first fragment contained in the device name wins, so the more specific come first.
+DEVICE_PEAKS: tuple[tuple[str, float, float], ...] = (
+    ("H100 PCIe", 756.0, 2000.0),
+    ("H100 NVL", 835.0, 3900.0),
+    ("H100", 989.4, 3350.0),  # SXM5 80GB HBM3
+    ("H200", 989.4, 4800.0),
+    ("A100-SXM4-40GB", 312.0, 1555.0),
+    ("A100-PCIE-40GB", 312.0, 1555.0),
+    ("A100 80GB PCIe", 312.0, 1935.0),
+    ("A100", 312.0, 2039.0),  # SXM4 80GB
+    ("A800", 312.0, 2039.0),
+    ("RTX A6000", 154.8, 768.0),
+    ("L40S", 362.1, 864.0),
+    ("RTX 4090", 165.2, 1008.0),  # fp32 accumulation
+)
+
+
+def table_peaks(device_name: str) -> Peaks | None:
+    for fragment, tflops, gbps in DEVICE_PEAKS:
+        if fragment in device_name:
+            return Peaks(tflops, gbps, "table")
+    return None
+
+
+def measure_peaks(device: torch.device, matmul_size: int = 8192, copy_bytes: int = 2**30, repeats: int = 10) -> Peaks:
+    """This GPU's ceilings: device-to-device copy bandwidth (read + write) and a large bf16 matmul."""
+    import torch
+
+    def best_seconds(work: Any) -> float:
+        work()
+        torch.cuda.synchronize(device)
+        times = []
+        for _ in range(repeats):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            work()
+            end.record()
+            torch.cuda.synchronize(device)
+            times.append(start.elapsed_time(end) / 1e3)
+        return min(times)
+
+    source = torch.empty(copy_bytes, dtype=torch.uint8, device=device)
+    target = torch.empty_like(source)
+    copy_s = best_seconds(lambda: target.copy_(source))
+    a = torch.randn(matmul_size, matmul_size, dtype=torch.bfloat16, device=device)
+    b = torch.randn_like(a)
+    matmul_s = best_seconds(lambda: a @ b)
+    del source, target, a, b
+    torch.cuda.empty_cache()
+    return Peaks(2 * matmul_size**3 / matmul_s / 1e12, 2 * copy_bytes / copy_s / 1e9, "measured")
+
+
+def device_peaks(settings: Any) -> Peaks | None:
+    """The roofs for this session: measured (--dlm-measure-ceilings), else the table entry for the
+    GPU's name, each overridden by --dlm-peak-tflops / --dlm-peak-gbps; None off CUDA or when unknown."""
+    import warnings
+
+    if not settings.device.startswith("cuda"):
+        return None
+    import torch
+
+    name = torch.cuda.get_device_properties(settings.torch_device).name
+    peaks = measure_peaks(settings.torch_device) if settings.measure_ceilings else table_peaks(name)
+    if settings.peak_tflops is not None or settings.peak_gbps is not None:
+        if peaks is None and (settings.peak_tflops is None or settings.peak_gbps is None):
+            warnings.warn(f"no peak table entry for {name!r}: give both --dlm-peak-tflops and --dlm-peak-gbps",
+                          stacklevel=2)
+            return None
+        peaks = Peaks(settings.peak_tflops or peaks.tflops, settings.peak_gbps or peaks.gbps, "user")
+    if peaks is None:
+        warnings.warn(f"no peak table entry for {name!r}: roofline fields need --dlm-peak-tflops and "
+                      "--dlm-peak-gbps, or --dlm-measure-ceilings", stacklevel=2)
+    return peaks
+
+
+def attended_pairs(shape: ForwardShape, block_size: int | None) -> int:
+    tokens, context = shape.tokens, shape.context
+    if shape.attention == "causal":
+        return tokens * (context - tokens) + tokens * (tokens + 1) // 2
+    if shape.attention == "block_causal":
+        return sum(min((i // block_size + 1) * block_size, context) for i in range(tokens))
+    return tokens * context
+
+
+@dataclass(frozen=True)
+class Cost:
+    flops: float
+    bytes: float
+
+    def __add__(self, other: Cost) -> Cost:
+        return Cost(self.flops + other.flops, self.bytes + other.bytes)
+
+
+def forward_cost(spec: ModelSpec, shape: ForwardShape, batch: int, dtype: str) -> Cost:
+    """FLOPs and bytes of one forward over `batch` sequences."""
+    size = DTYPE_BYTES[dtype]
+    h, vocab = spec.hidden_size, spec.vocab_size
+    q, kv = spec.num_heads * spec.head_dim, spec.num_kv_heads * spec.head_dim
+    linear = spec.num_layers * (2 * h * q + 2 * h * kv + 3 * h * spec.intermediate_size)  # matmul weights
+    read = parameter_count(spec) - vocab * h  # every weight but the embedding table (only its rows are read)
+    layer_kv = 2 * spec.num_layers * spec.num_kv_heads * spec.head_dim * size  # bytes per cached position
+    flops = batch * (2 * linear * shape.tokens + 2 * h * vocab * shape.logits
+                     + 4 * spec.num_layers * spec.num_heads * spec.head_dim * attended_pairs(shape, spec.block_size))
+    moved = read * size + batch * (
+        (shape.context - shape.tokens) * layer_kv + shape.kv_written * layer_kv
+        + 2 * shape.tokens * h * size + shape.logits * vocab * size
+    )
+    return Cost(float(flops), float(moved))
+
+
+def attainable_seconds(spec: ModelSpec, shapes: Iterable[ForwardShape], batch: int, dtype: str, peaks: Peaks) -> float:
+    total = 0.0
+    for shape in shapes:
+        cost = forward_cost(spec, shape, batch, dtype)
+        total += max(cost.flops / (peaks.tflops * 1e12), cost.bytes / (peaks.gbps * 1e9))
+    return total
+
+
+def roofline_fields(spec: ModelSpec, shapes: tuple[ForwardShape, ...], batch: int, gen_len: int, dtype: str,
+                    latency_s: float | None, peaks: Peaks | None) -> dict[str, Any]:
+    """The extra_info keys of one point: analytic counts, and measured rates against the roofs."""
+    costs = [(shape.kind, forward_cost(spec, shape, batch, dtype)) for shape in shapes]
+    total = sum((cost for _, cost in costs), Cost(0.0, 0.0))
+    fields: dict[str, Any] = {
+        "flops_per_forward": total.flops / len(costs),
+        "bytes_per_forward": total.bytes / len(costs),
+        "flops_per_token": total.flops / (batch * gen_len),
+        "flops_total": total.flops,
+        "bytes_total": total.bytes,
+        "arithmetic_intensity": total.flops / total.bytes,
+    }
+    for kind in dict.fromkeys(kind for kind, _ in costs):
+        of_kind = [cost for k, cost in costs if k == kind]
+        flops, moved = sum(c.flops for c in of_kind), sum(c.bytes for c in of_kind)
+        fields[f"flops_per_forward_{kind}"] = flops / len(of_kind)
+        fields[f"bytes_per_forward_{kind}"] = moved / len(of_kind)
+        fields[f"arithmetic_intensity_{kind}"] = flops / moved
+    if not latency_s:
+        return fields
+    fields |= {"achieved_tflops": total.flops / latency_s / 1e12, "achieved_gbps": total.bytes / latency_s / 1e9}
+    if peaks is None:
+        return fields
+    attainable = attainable_seconds(spec, shapes, batch, dtype, peaks)
+    fields |= {
+        "peak_tflops": peaks.tflops,
+        "peak_gbps": peaks.gbps,
+        "peaks_source": peaks.source,
+        "ridge_flops_per_byte": peaks.ridge,
+        "bound": "compute" if fields["arithmetic_intensity"] >= peaks.ridge else "memory",
+        "attainable_tokens_per_s": batch * gen_len / attainable,
+        "roofline_fraction": attainable / latency_s,
+    }
+    return fields

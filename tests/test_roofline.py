@@ -1,0 +1,90 @@
+"""Analytic FLOP counts against torch's FlopCounterMode on tiny models, and the roofline arithmetic."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from helpers import new_log, prompt, tiny
+from pytest_dlmbench.paradigms import DecodeOptions, make_paradigm
+from pytest_dlmbench.paradigms.base import ForwardShape
+from pytest_dlmbench.roofline import Peaks, attended_pairs, forward_cost, roofline_fields, table_peaks
+
+# The models use eager attention here, whose matmuls FlopCounterMode sees (it does not count the
+# CPU SDPA kernel). Eager attention multiplies the full score matrix whatever the mask, so the
+# comparison covers the forwards without a causal or block-causal pattern. Tolerance 0.5%.
+TOLERANCE = 5e-3
+
+
+def eager(name):
+    from transformers import AutoModelForCausalLM
+
+    from pytest_dlmbench.models import get_spec
+
+    spec = get_spec(name)
+    return spec, AutoModelForCausalLM.from_config(spec.config(), attn_implementation="eager").eval()
+
+
+class Counting:
+    """Stands in for a model and counts the FLOPs of each call with FlopCounterMode."""
+
+    def __init__(self, model):
+        self.model = model
+        self.flops: list[int] = []
+
+    def __call__(self, *args, **kwargs):
+        with FlopCounterMode(display=False) as counter:
+            out = self.model(*args, **kwargs)
+        self.flops.append(counter.get_total_flops())
+        return out
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+
+@pytest.mark.parametrize(("model_name", "strategy"), [
+    ("tiny-dlm", "baseline"), ("tiny-dlm", "prefix_cache"), ("tiny-dlm", "dual_cache"),
+    ("tiny-block", "baseline"), ("tiny-block", "parallel+subblock_cache"), ("tiny-ar", "baseline"),
+])
+def test_flops_match_torch_flop_counter(model_name, strategy):
+    spec, model = eager(model_name)
+    counting = Counting(model)
+    log = new_log()
+    with torch.inference_mode():
+        make_paradigm(spec.paradigm, DecodeOptions(block_len=16, tpf=2.0), strategy).generate(
+            counting, spec, prompt(spec, 2, 40), 32, log)
+    assert len(counting.flops) == len(log.shapes)
+    compared = 0
+    for counted, shape in zip(counting.flops, log.shapes):
+        if shape.attention != "full" and shape.tokens > 1:
+            continue  # masked prefill: the counter charges the full score matrix
+        assert forward_cost(spec, shape, 2, "fp32").flops == pytest.approx(counted, rel=TOLERANCE), shape
+        compared += 1
+    assert compared >= len(log.shapes) - 1
+
+
+def test_attended_pairs():
+    assert attended_pairs(ForwardShape("p", 4, 4, 1, "causal"), None) == 10
+    assert attended_pairs(ForwardShape("d", 1, 9, 1, "causal"), None) == 9
+    assert attended_pairs(ForwardShape("s", 3, 7, 1, "full"), None) == 21
+    assert attended_pairs(ForwardShape("b", 6, 6, 1, "block_causal"), 2) == 2 + 2 + 4 + 4 + 6 + 6
+
+
+def test_roofline_fields_against_hand_numbers():
+    spec, _ = tiny("tiny-ar")
+    shapes = (ForwardShape("decode", 1, 10, 1, "causal", 1),)
+    cost = forward_cost(spec, shapes[0], 1, "bf16")
+    peaks = Peaks(tflops=cost.flops / 1e12, gbps=cost.bytes / 1e9 / 2, source="user")  # memory takes 2 s
+    fields = roofline_fields(spec, shapes, 1, 1, "bf16", latency_s=4.0, peaks=peaks)
+    assert fields["bound"] == "memory" and fields["ridge_flops_per_byte"] == pytest.approx(2 * cost.flops / cost.bytes)
+    assert fields["attainable_tokens_per_s"] == pytest.approx(0.5) and fields["roofline_fraction"] == pytest.approx(0.5)
+    assert fields["achieved_tflops"] == pytest.approx(cost.flops / 4 / 1e12)
+
+
+def test_peak_table_by_nvml_name():
+    assert table_peaks("NVIDIA H100 80GB HBM3").gbps == 3350.0
+    assert table_peaks("NVIDIA H100 PCIe").tflops == 756.0
+    assert table_peaks("NVIDIA A100-SXM4-40GB").gbps == 1555.0
+    assert table_peaks("NVIDIA GeForce RTX 4090") is not None and table_peaks("NVIDIA L40S") is not None
+    assert table_peaks("NVIDIA Quadro P400") is None
