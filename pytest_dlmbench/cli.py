@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
                              help=f"rule, repeatable; e.g. tokens_per_s:5%%, latency_s:0.2. Default: {DEFAULT_GATE[0]}")
     compare_cmd.add_argument("--allow-mismatch", action="store_true",
                              help="compare even when GPU or software versions differ")
+    report_cmd = commands.add_parser("report", help="Markdown tables and PNG figures for saved runs (overlaid).")
+    report_cmd.add_argument("runs", nargs="+", metavar="RUN.json")
+    report_cmd.add_argument("--out", required=True, help="folder for report.md and the figures")
     noise_cmd = commands.add_parser("noise", help="Per-point spread of two runs of the same code (an A/A test).")
     noise_cmd.add_argument("first")
     noise_cmd.add_argument("second")
@@ -64,6 +67,14 @@ def _noise(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from pytest_dlmbench.report import write_report
+
+    for path in write_report(args.runs, args.out):
+        print(path)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -71,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return {"compare": _compare, "noise": _noise}[args.command](args)
+        return {"compare": _compare, "noise": _noise, "report": _report}[args.command](args)
     except RunFileError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -1,8 +1,10 @@
-"""Human-readable views of results: the terminal summary table."""
+"""Human-readable views of results: the terminal summary table and the `dlmbench report` files."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
 
 from tabulate import tabulate
 
@@ -23,3 +25,179 @@ def summary_table(results: Iterable[PointMetrics]) -> str:
         for m in results
     ]
     return tabulate(rows, headers=SUMMARY_HEADERS, floatfmt=".2f", missingval="-")
+
+
+# ---- `dlmbench report`: markdown tables and figures from saved runs -------------------------
+
+REPORT_HEADERS = ("run", "paradigm", "strategy", "model", "prompt", "gen", "batch", "status", "tok/s", "ms/forward",
+                  "NFE", "TPF", "peak GiB", "AI (FLOP/B)", "AI paper", "TFLOP/s", "roofline %", "bound")
+
+
+def _points(runs: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    return [dict(info, run=label, test=test) for label, points in runs.items() for test, info in points.items()
+            if "paradigm" in info]
+
+
+def _series_label(point: dict[str, Any], runs: int) -> str:
+    label = point["paradigm"] if point.get("strategy", "baseline") == "baseline" else f"{point['paradigm']}+{point['strategy']}"
+    return f"{point['run']}: {label}" if runs > 1 else label
+
+
+def report_table(points: list[dict[str, Any]]) -> str:
+    def gib(value: Any) -> float | None:
+        return None if value is None else value / 2**30
+
+    rows = sorted(
+        ((p["run"], p["paradigm"], p.get("strategy", "baseline"), p["model"], p["prompt_len"], p["gen_len"],
+          p["batch_size"], p.get("status", "ok"), p.get("tokens_per_s"), p.get("ms_per_forward"), p.get("nfe"),
+          p.get("tokens_per_forward"), gib(p.get("peak_mem_allocated_bytes") or p.get("peak_rss_bytes")),
+          p.get("arithmetic_intensity"), p.get("ai_paper"), p.get("achieved_tflops"),
+          None if p.get("roofline_fraction") is None else 100 * p["roofline_fraction"], p.get("bound"))
+         for p in points),
+        key=lambda row: tuple(str(v) if isinstance(v, str) or v is None else f"{v:012.3f}" for v in row[:7]),
+    )
+    return tabulate(rows, headers=REPORT_HEADERS, tablefmt="github", floatfmt=".3g", missingval="-")
+
+
+def _integer_ticks(axis: Any, values: list[int]) -> None:
+    """Label a log x axis with the measured values themselves (64, 128, ...), no minor ticks."""
+    from matplotlib.ticker import NullLocator
+
+    if values:
+        axis.set_xticks(values, labels=[str(value) for value in values])
+    axis.xaxis.set_minor_locator(NullLocator())
+
+
+def _sweep_figure(points: list[dict[str, Any]], runs: int, x_key: str, fixed: dict[str, Any], title: str,
+                  path: Path) -> None:
+    """Throughput against `x_key`, one panel per prompt length; OOM points drawn as red crosses."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    prompts = sorted({p["prompt_len"] for p in points})
+    figure, axes = plt.subplots(1, len(prompts), figsize=(6 * len(prompts), 4.5), squeeze=False)
+    for axis, prompt_len in zip(axes[0], prompts):
+        chosen = [p for p in points if p["prompt_len"] == prompt_len and all(p[k] == v for k, v in fixed.items())]
+        for label in sorted({_series_label(p, runs) for p in chosen}):
+            series = sorted((p for p in chosen if _series_label(p, runs) == label), key=lambda p: p[x_key])
+            done = [p for p in series if p.get("status", "ok") == "ok"]
+            if done:
+                axis.plot([p[x_key] for p in done], [p["tokens_per_s"] for p in done], marker="o", label=label)
+            failed = [p for p in series if p.get("status") == "oom"]
+            if failed:
+                floor = min((p["tokens_per_s"] for p in done), default=1.0)
+                axis.scatter([p[x_key] for p in failed], [floor] * len(failed), marker="x", color="red", s=60,
+                             label=f"{label} OOM", zorder=3)
+        axis.set(xscale="log", yscale="log", xlabel=x_key.replace("_", " "), ylabel="tokens/s",
+                 title=f"prompt {prompt_len}")
+        _integer_ticks(axis, sorted({p[x_key] for p in chosen}))
+        axis.grid(True, which="both", alpha=0.3)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=8)
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def _speedup_figure(points: list[dict[str, Any]], runs: int, path: Path) -> bool:
+    """Each strategy's throughput over its paradigm's baseline at the same point, against batch size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    baseline = {(p["run"], p["paradigm"], p["model"], p["prompt_len"], p["gen_len"], p["batch_size"]): p
+                for p in points if p.get("strategy", "baseline") == "baseline" and p.get("tokens_per_s")}
+    ratios: dict[tuple[str, int], list[tuple[int, float]]] = {}
+    for p in points:
+        key = (p["run"], p["paradigm"], p["model"], p["prompt_len"], p["gen_len"], p["batch_size"])
+        if p.get("strategy", "baseline") != "baseline" and p.get("tokens_per_s") and key in baseline:
+            ratios.setdefault((_series_label(p, runs), p["prompt_len"]), []).append(
+                (p["batch_size"], p["tokens_per_s"] / baseline[key]["tokens_per_s"]))
+    if not ratios:
+        return False
+    prompts = sorted({prompt for _, prompt in ratios})
+    figure, axes = plt.subplots(1, len(prompts), figsize=(6 * len(prompts), 4.5), squeeze=False)
+    for axis, prompt_len in zip(axes[0], prompts):
+        for (label, prompt), values in sorted(ratios.items()):
+            if prompt == prompt_len:
+                values.sort()
+                axis.plot([b for b, _ in values], [r for _, r in values], marker="o", label=label)
+        axis.axhline(1.0, color="grey", linestyle="--", linewidth=1)
+        axis.set(xscale="log", xlabel="batch size", ylabel="speed-up over baseline", title=f"prompt {prompt_len}")
+        _integer_ticks(axis, sorted({b for (_, prompt), values in ratios.items() if prompt == prompt_len
+                                     for b, _ in values}))
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.suptitle("Strategy speed-ups vs batch size")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return True
+
+
+def _roofline_figure(points: list[dict[str, Any]], runs: int, path: Path) -> None:
+    """Every point at (arithmetic intensity, achieved TFLOP/s), under its device's roofs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7.5, 5.5))
+    measured = [p for p in points if p.get("achieved_tflops") and p.get("arithmetic_intensity")]
+    for label in sorted({_series_label(p, runs) for p in measured}):
+        chosen = [p for p in measured if _series_label(p, runs) == label]
+        axis.scatter([p["arithmetic_intensity"] for p in chosen], [p["achieved_tflops"] for p in chosen], label=label,
+                     s=25)
+    intensities = [p["arithmetic_intensity"] for p in measured] or [1.0]
+    low, high = min(intensities) / 4, max(intensities) * 4
+    for tflops, gbps in sorted({(p["peak_tflops"], p["peak_gbps"]) for p in measured if p.get("peak_tflops")}):
+        ridge = tflops * 1e3 / gbps
+        xs = [min(low, ridge / 4), ridge, max(high, ridge * 4)]
+        axis.plot(xs, [min(tflops, x * gbps / 1e3) for x in xs], color="black", linewidth=1.2,
+                  label=f"roof {tflops:g} TFLOP/s, {gbps:g} GB/s")
+    axis.set(xscale="log", yscale="log", xlabel="arithmetic intensity (FLOP/byte)", ylabel="achieved TFLOP/s",
+             title="Roofline")
+    axis.grid(True, which="both", alpha=0.3)
+    if axis.get_legend_handles_labels()[0]:
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def write_report(run_paths: list[str], out: str | Path) -> list[Path]:
+    """Markdown report and PNG figures for one or more saved runs (overlaid); returns the files."""
+    from pytest_dlmbench.store import atomic_write_text, load_run
+
+    stems = [Path(path).stem for path in run_paths]
+    labels = [stem if stems.count(stem) == 1 else f"{index + 1}:{stem}" for index, stem in enumerate(stems)]
+    runs = {label: load_run(path).points for label, path in zip(labels, run_paths)}
+    points = _points(runs)
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    figures = [folder / "throughput_vs_gen.png", folder / "throughput_vs_batch.png", folder / "roofline.png"]
+    batch_one = [p for p in points if p["batch_size"] == 1]
+    _sweep_figure(batch_one, len(runs), "gen_len", {}, "Throughput vs generation length (batch 1)", figures[0])
+    gens = {p["gen_len"] for p in points if p["batch_size"] > 1}
+    sweep_gen = max(gens, key=lambda g: sum(p["gen_len"] == g for p in points)) if gens else None
+    _sweep_figure([p for p in points if p["gen_len"] == sweep_gen] if sweep_gen else batch_one, len(runs),
+                  "batch_size", {}, f"Throughput vs batch size (gen {sweep_gen})", figures[1])
+    _roofline_figure(points, len(runs), figures[2])
+    if _speedup_figure(points, len(runs), folder / "strategy_speedup.png"):
+        figures.append(folder / "strategy_speedup.png")
+    lines = [
+        "# dlmbench report", "",
+        "Runs: " + ", ".join(f"`{path}`" for path in run_paths), "",
+        *[f"![{figure.stem}]({figure.name})" for figure in figures], "",
+        "## Points", "",
+        report_table(points), "",
+        "AI: analytic arithmetic intensity of the whole generation; AI paper: the seed paper's Appendix A closed "
+        "form; roofline %: measured tokens/s over the roofline-attainable tokens/s.",
+    ]
+    markdown = folder / "report.md"
+    atomic_write_text(markdown, "\n".join(lines) + "\n")
+    return [markdown, *figures]

@@ -70,11 +70,20 @@ def machine_mismatch(baseline: dict[str, Any], current: dict[str, Any]) -> list[
             for field in MATCHED_MACHINE_FIELDS if baseline.get(field) != current.get(field)]
 
 
+def _readable_temporary(folder: Path, prefix: str) -> tuple[int, str]:
+    """mkstemp, with the permissions an ordinary new file would get (mkstemp's are 0600)."""
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)
+    return handle, temporary
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write via a temporary file in the same folder and a rename: readers see old or new, never half."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    handle, temporary = _readable_temporary(target.parent, f".{target.name}.")
     try:
         with os.fdopen(handle, "w", encoding="utf8") as stream:
             stream.write(text)
@@ -94,7 +103,7 @@ def exclusive_write_text(directory: str | Path, make_name: callable, text: str) 
     """
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".dlmbench.", suffix=".tmp")
+    handle, temporary = _readable_temporary(folder, ".dlmbench.")
     try:
         with os.fdopen(handle, "w", encoding="utf8") as stream:
             stream.write(text)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import pytest
+
+import transformers.models.llama.modeling_llama  # noqa: F401  (kept loaded across inline pytester runs)
+import transformers.models.qwen2.modeling_qwen2  # noqa: F401
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -88,3 +91,24 @@ def test_peak_table_by_nvml_name():
     assert table_peaks("NVIDIA A100-SXM4-40GB").gbps == 1555.0
     assert table_peaks("NVIDIA GeForce RTX 4090") is not None and table_peaks("NVIDIA L40S") is not None
     assert table_peaks("NVIDIA Quadro P400") is None
+
+
+def test_report_from_a_saved_smoke_run(pytester, tmp_path):
+    import json
+
+    from pytest_dlmbench.cli import main
+
+    pytester.makepyfile(test_grid="def test_generation(dlm_bench, dlm_point):\n    dlm_bench(dlm_point)\n")
+    result = pytester.runpytest("--dlm-rounds=1", "--dlm-gen=32", "--benchmark-json=run.json", "-p", "no:cacheprovider")
+    assert result.ret == 0
+    run = pytester.path / "run.json"
+    info = json.loads(run.read_text())["benchmarks"][0]["extra_info"]
+    assert info["flops_per_token"] > 0 and info["ai_paper"] > 0 and info["achieved_tflops"] > 0
+    assert main(["report", str(run), str(run), "--out", str(tmp_path / "report")]) == 0
+    names = sorted(path.name for path in (tmp_path / "report").iterdir())
+    assert names == ["report.md", "roofline.png", "strategy_speedup.png", "throughput_vs_batch.png",
+                     "throughput_vs_gen.png"]
+    for png in (tmp_path / "report").glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert "1:run" in markdown and "2:run" in markdown and "dual_cache" in markdown and "![roofline]" in markdown
