@@ -5,29 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import Recorder, new_log, prompt, reference_block_diffusion, reference_llada, tiny
+from helpers import Recorder, new_log, prompt, reference_block_diffusion, reference_llada
 from pytest_dlmbench.paradigms import DecodeError, DecodeOptions, make_paradigm
 from pytest_dlmbench.paradigms.acceptance import linear_schedule
 
 
-@pytest.fixture(scope="module")
-def ar_model():
-    return tiny("tiny-ar")
 
-
-@pytest.fixture(scope="module")
-def dlm_model():
-    return tiny("tiny-dlm")
-
-
-@pytest.fixture(scope="module")
-def block_model():
-    return tiny("tiny-block")
 
 
 @pytest.mark.parametrize(("batch", "prompt_len", "gen_len"), [(1, 7, 20), (3, 40, 33)])
-def test_ar_equals_transformers_generate(ar_model, batch, prompt_len, gen_len):
-    spec, model = ar_model
+def test_ar_equals_transformers_generate(tiny_ar, batch, prompt_len, gen_len):
+    spec, model = tiny_ar
     ids = prompt(spec, batch, prompt_len)
     result = make_paradigm("ar", DecodeOptions()).generate(model, spec, ids, gen_len, new_log())
     expected = model.generate(ids, max_new_tokens=gen_len, min_new_tokens=gen_len, do_sample=False)
@@ -37,8 +25,8 @@ def test_ar_equals_transformers_generate(ar_model, batch, prompt_len, gen_len):
 
 
 @pytest.mark.parametrize(("batch", "gen_len", "block_len", "steps"), [(1, 32, 32, 32), (2, 64, 16, 24), (2, 32, 8, 8)])
-def test_dlm_equals_reference_sampler(dlm_model, batch, gen_len, block_len, steps):
-    spec, model = dlm_model
+def test_dlm_equals_reference_sampler(tiny_dlm, batch, gen_len, block_len, steps):
+    spec, model = tiny_dlm
     ids = prompt(spec, batch, 12)
     decoder = make_paradigm("dlm", DecodeOptions(block_len=block_len, steps=steps))
     with torch.inference_mode():
@@ -49,8 +37,8 @@ def test_dlm_equals_reference_sampler(dlm_model, batch, gen_len, block_len, step
     assert result.nfe == steps
 
 
-def test_dlm_commits_the_scheduled_count_in_the_current_block_only(dlm_model):
-    spec, model = dlm_model
+def test_dlm_commits_the_scheduled_count_in_the_current_block_only(tiny_dlm):
+    spec, model = tiny_dlm
     gen_len, block_len, steps, prompt_len = 64, 16, 20, 10
     ids = prompt(spec, 2, prompt_len)
     recorder = Recorder(model)
@@ -78,8 +66,8 @@ def test_linear_schedule_gives_the_remainder_to_the_earliest_steps():
     assert sum(linear_schedule(17, 5)) == 17
 
 
-def test_dlm_attention_is_bidirectional(dlm_model):
-    spec, model = dlm_model
+def test_dlm_attention_is_bidirectional(tiny_dlm):
+    spec, model = tiny_dlm
     ids = prompt(spec, 1, 16)
     changed = ids.clone()
     changed[0, -1] = (ids[0, -1] + 1) % spec.prompt_vocab_limit
@@ -89,8 +77,8 @@ def test_dlm_attention_is_bidirectional(dlm_model):
 
 
 @pytest.mark.parametrize(("batch", "prompt_len", "gen_len"), [(1, 40, 64), (2, 32, 40), (2, 5, 30), (1, 64, 8)])
-def test_block_equals_no_cache_reference(block_model, batch, prompt_len, gen_len):
-    spec, model = block_model
+def test_block_equals_no_cache_reference(tiny_block, batch, prompt_len, gen_len):
+    spec, model = tiny_block
     ids = prompt(spec, batch, prompt_len)
     with torch.inference_mode():
         result = make_paradigm("block", DecodeOptions()).generate(model, spec, ids, gen_len, new_log())
@@ -100,8 +88,8 @@ def test_block_equals_no_cache_reference(block_model, batch, prompt_len, gen_len
     assert not (result.tokens == spec.mask_token_id).any()
 
 
-def test_block_forward_count_matches_the_algorithm(block_model):
-    spec, model = block_model
+def test_block_forward_count_matches_the_algorithm(tiny_block):
+    spec, model = tiny_block
     prompt_len, gen_len, size = 40, 64, spec.block_size
     with torch.inference_mode():
         result = make_paradigm("block", DecodeOptions()).generate(model, spec, prompt(spec, 1, prompt_len), gen_len,

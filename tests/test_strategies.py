@@ -8,19 +8,11 @@ import dataclasses
 import pytest
 import torch
 
-from helpers import Recorder, new_log, prompt, tiny
+from helpers import Recorder, new_log, prompt
 from pytest_dlmbench.paradigms import DecodeError, DecodeOptions, make_paradigm
 from pytest_dlmbench.paradigms.acceptance import TargetTPF, Threshold, choose
 
 
-@pytest.fixture(scope="module")
-def dlm_model():
-    return tiny("tiny-dlm")
-
-
-@pytest.fixture(scope="module")
-def block_model():
-    return tiny("tiny-block")
 
 
 def generate(model_and_spec, paradigm, strategy, options, prompt_len=10, gen_len=64, batch=2):
@@ -43,47 +35,47 @@ REFRESH = dict(refresh_every_step=True)
         ("dual_cache+parallel", "parallel", DecodeOptions(block_len=16, threshold=0.004, **REFRESH)),
     ],
 )
-def test_dlm_cache_refreshed_every_step_gives_the_uncached_tokens(dlm_model, strategy, reference, options):
-    cached = generate(dlm_model, "dlm", strategy, options)
-    plain = generate(dlm_model, "dlm", reference, dataclasses.replace(options, refresh_every_step=False))
+def test_dlm_cache_refreshed_every_step_gives_the_uncached_tokens(tiny_dlm, strategy, reference, options):
+    cached = generate(tiny_dlm, "dlm", strategy, options)
+    plain = generate(tiny_dlm, "dlm", reference, dataclasses.replace(options, refresh_every_step=False))
     assert torch.equal(cached.tokens, plain.tokens)
 
 
 @pytest.mark.parametrize("options", [DecodeOptions(tpf=2.5, **REFRESH), DecodeOptions(threshold=0.004, **REFRESH)])
 @pytest.mark.parametrize("prompt_len", [40, 32, 5])
-def test_block_subblock_cache_refreshed_every_step_gives_the_uncached_tokens(block_model, options, prompt_len):
-    cached = generate(block_model, "block", "parallel+subblock_cache", options, prompt_len=prompt_len)
-    plain = generate(block_model, "block", "parallel", dataclasses.replace(options, refresh_every_step=False),
+def test_block_subblock_cache_refreshed_every_step_gives_the_uncached_tokens(tiny_block, options, prompt_len):
+    cached = generate(tiny_block, "block", "parallel+subblock_cache", options, prompt_len=prompt_len)
+    plain = generate(tiny_block, "block", "parallel", dataclasses.replace(options, refresh_every_step=False),
                      prompt_len=prompt_len)
     assert torch.equal(cached.tokens, plain.tokens)
 
 
-def test_dlm_parallel_with_threshold_one_is_one_token_per_step(dlm_model):
-    parallel = generate(dlm_model, "dlm", "parallel", DecodeOptions(block_len=16, threshold=1.0))
-    baseline = generate(dlm_model, "dlm", "baseline", DecodeOptions(block_len=16))
+def test_dlm_parallel_with_threshold_one_is_one_token_per_step(tiny_dlm):
+    parallel = generate(tiny_dlm, "dlm", "parallel", DecodeOptions(block_len=16, threshold=1.0))
+    baseline = generate(tiny_dlm, "dlm", "baseline", DecodeOptions(block_len=16))
     assert torch.equal(parallel.tokens, baseline.tokens) and parallel.nfe == baseline.nfe == 64
 
 
 @pytest.mark.parametrize(("strategy", "refresh"), [("parallel", False), ("parallel+subblock_cache", True)])
-def test_block_parallel_with_threshold_one_is_the_baseline(block_model, strategy, refresh):
+def test_block_parallel_with_threshold_one_is_the_baseline(tiny_block, strategy, refresh):
     options = DecodeOptions(threshold=1.5, refresh_every_step=refresh)
-    parallel = generate(block_model, "block", strategy, options, prompt_len=40)
-    baseline = generate(block_model, "block", "baseline", DecodeOptions(), prompt_len=40)
+    parallel = generate(tiny_block, "block", strategy, options, prompt_len=40)
+    baseline = generate(tiny_block, "block", "baseline", DecodeOptions(), prompt_len=40)
     assert torch.equal(parallel.tokens, baseline.tokens)
     assert parallel.nfe == baseline.nfe or refresh
 
 
 @pytest.mark.parametrize("strategy", ["prefix_cache", "dual_cache"])
-def test_dlm_cache_forward_counts(dlm_model, strategy):
-    result = generate(dlm_model, "dlm", strategy, DecodeOptions(block_len=16, steps=32))
+def test_dlm_cache_forward_counts(tiny_dlm, strategy):
+    result = generate(tiny_dlm, "dlm", strategy, DecodeOptions(block_len=16, steps=32))
     blocks = 64 // 16
     assert len(result.forward_ms["refresh"]) == blocks  # one full forward per block...
     assert len(result.forward_ms["step"]) == 32 - blocks  # ...plus the remaining steps on the block
     assert result.nfe == 32
 
 
-def test_dlm_simulated_tpf_commits_the_target_per_forward(dlm_model):
-    spec, model = dlm_model
+def test_dlm_simulated_tpf_commits_the_target_per_forward(tiny_dlm):
+    spec, model = tiny_dlm
     recorder = Recorder(model)
     decoder = make_paradigm("dlm", DecodeOptions(block_len=16, tpf=3.0), "parallel")
     with torch.inference_mode():
@@ -94,8 +86,8 @@ def test_dlm_simulated_tpf_commits_the_target_per_forward(dlm_model):
     assert result.nfe == 12 and decoder.describe(spec, 32)["acceptance"] == "simulated"
 
 
-def test_block_simulated_tpf_forward_count(block_model):
-    result = generate(block_model, "block", "parallel", DecodeOptions(tpf=3.0), prompt_len=32, gen_len=64, batch=1)
+def test_block_simulated_tpf_forward_count(tiny_block):
+    result = generate(tiny_block, "block", "parallel", DecodeOptions(tpf=3.0), prompt_len=32, gen_len=64, batch=1)
     # blocks [32, 64) and [64, 96): the first token of each comes from the previous forward (prefill,
     # commit), so the sub-blocks hold 7, 8, 8, 8 masks: 3 forwards each at 3 tokens per forward.
     assert len(result.forward_ms["step"]) == 2 * 4 * 3

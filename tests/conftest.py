@@ -1,0 +1,22 @@
+"""Tiny fp32 models shared by the decoder tests, built once per session."""
+
+from __future__ import annotations
+
+import pytest
+
+from helpers import tiny
+
+
+@pytest.fixture(scope="session")
+def tiny_ar():
+    return tiny("tiny-ar")
+
+
+@pytest.fixture(scope="session")
+def tiny_dlm():
+    return tiny("tiny-dlm")
+
+
+@pytest.fixture(scope="session")
+def tiny_block():
+    return tiny("tiny-block")
