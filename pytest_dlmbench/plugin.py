@@ -45,10 +45,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[SETTINGS] = Settings.from_config(config)
     config.stash[RESULTS] = {}
     config.stash[BASELINES] = {}
-    if config.pluginmanager.has_plugin("pytest_benchmark"):
-        from pytest_dlmbench.store import install_exclusive_save
+    from pytest_dlmbench.store import install_exclusive_save
 
-        install_exclusive_save()
+    install_exclusive_save()
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -208,6 +208,12 @@ def test_pytest_gate_refuses_bad_baselines_before_running(pytester, tmp_path):
     assert "gpu_name: 'NVIDIA H200' != None" in result.stderr.str()
 
 
+def test_benchmark_saves_go_through_the_exclusive_writer():
+    from pytest_benchmark.storage.file import FileStorage
+
+    assert getattr(FileStorage.save, "dlmbench_exclusive", False)
+
+
 def test_concurrent_saves_never_collide(pytester):
     pytester.makepyfile(test_user=USER_BENCH)
     args = [sys.executable, "-m", "pytest", "--dlm-rounds=1", "-p", "no:cacheprovider", "-q"]
