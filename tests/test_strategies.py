@@ -109,3 +109,23 @@ def test_unknown_strategy_names_the_known_ones():
 def test_acceptance_labels():
     assert DecodeOptions(tpf=3.0).acceptance() == TargetTPF(3.0)
     assert DecodeOptions(threshold=0.8).acceptance() == Threshold(0.8)
+
+
+@pytest.mark.parametrize(("strategy", "caches"), [("baseline", False), ("parallel", False), ("dual_cache", True)])
+def test_dlm_builds_a_kv_cache_only_in_the_caching_strategies(tiny_dlm, strategy, caches):
+    spec, model = tiny_dlm
+    built = []
+
+    class Spy:
+        def __call__(self, *args, **kwargs):
+            out = model(*args, **kwargs)
+            built.append(out.past_key_values is not None)
+            return out
+
+        def __getattr__(self, name):
+            return getattr(model, name)
+
+    with torch.inference_mode():
+        make_paradigm("dlm", DecodeOptions(block_len=16, tpf=4.0), strategy).generate(
+            Spy(), spec, prompt(spec, 1, 10), 32, new_log())
+    assert any(built) == caches  # an unused cache would cost batch x length x KV bytes of memory

@@ -116,7 +116,7 @@ class MaskedDiffusionDecoder:
             while bool((x[:, start:end] == mask_id).any()):
                 if self.cache == "none":
                     with log.forward("step", total, total, self.block_len):  # bidirectional; this block's logits only
-                        logits = model(x, logits_to_keep=block_rows + start).logits  # (batch, block, vocab)
+                        logits = model(x, use_cache=False, logits_to_keep=block_rows + start).logits  # (batch, block, vocab)
                 if self.cache != "none" and (step == 0 or self.refresh_every_step):
                     cache = DynamicCache(config=model.config)
                     with log.forward("refresh", total, total, self.block_len, kv_written=total):  # also fills the cache
