@@ -34,11 +34,6 @@ class MemoryReport:
     state_start: dict[str, Any] | None = None  # device_state() when tracking began (CUDA)
     state_end: dict[str, Any] | None = None  # device_state() when it ended
 
-    @property
-    def peak_bytes(self) -> int | None:
-        """The most telling single peak: torch's allocated bytes on CUDA, RSS on CPU."""
-        return self.peak_allocated_bytes if self.peak_allocated_bytes is not None else self.peak_rss_bytes
-
 
 # NVML clock-event (throttle) reason bits and their names.
 CLOCK_EVENT_REASONS = {

@@ -1,6 +1,6 @@
-"""Device-true timing: CUDA events per region, and a synchronizing wrapper for whole calls.
+"""Device-true timing: CUDA events per region, and device synchronization for whole calls.
 
-The CUDA-versus-CPU branch lives here and nowhere else: on CUDA, regions are bracketed by
+The timing's CUDA-versus-CPU branch lives here and nowhere else: on CUDA, regions are bracketed by
 events and read with a single synchronize; on CPU, `perf_counter` gives the same interface.
 """
 
@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
-
-T = TypeVar("T")
 
 
 def synchronize(device: torch.device) -> None:
@@ -24,17 +22,6 @@ def synchronize(device: torch.device) -> None:
 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def synchronized(fn: Callable[[], T], device: torch.device) -> Callable[[], T]:
-    """`fn` followed by a device synchronize, so a wall-clock timer around it sees device time."""
-
-    def call() -> T:
-        result = fn()
-        synchronize(device)
-        return result
-
-    return call
 
 
 class RegionTimer:

@@ -13,7 +13,7 @@ from pytest_dlmbench.grid import GRIDS, BenchPoint, select_points
 from pytest_dlmbench.memory import MemoryReport, MemoryTracker, MemoryWarning, nvml_handle
 from pytest_dlmbench.metrics import PointMetrics
 from pytest_dlmbench.runner import Progress
-from pytest_dlmbench.timing import RegionTimer, synchronized
+from pytest_dlmbench.timing import RegionTimer
 
 CPU = torch.device("cpu")
 
@@ -28,10 +28,6 @@ def test_region_timer_times_each_region_in_order():
     read = timer.read()
     assert list(read) == ["step", "prefill"]
     assert read["step"][0] >= 10 and read["step"][1] >= 30 and read["step"][1] > read["step"][0]
-
-
-def test_synchronized_returns_the_result():
-    assert synchronized(lambda: 42, CPU)() == 42
 
 
 def test_cpu_memory_tracker_sees_a_large_allocation():
