@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,11 +96,14 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         raise
 
 
-def exclusive_write_text(directory: str | Path, make_name: callable, text: str) -> Path:
-    """Write `text` atomically to the first name `make_name(attempt)` that does not exist yet.
+def exclusive_write_text(directory: str | Path, make_name: Callable[[int], str], text: str,
+                         claim_key: Callable[[str], str] | None = None) -> Path:
+    """Write `text` atomically to the first name `make_name(attempt)` that is free.
 
     The final step is a hard link, which fails instead of overwriting, so concurrent writers
-    never replace each other's files.
+    never replace each other's files. With `claim_key`, a name is also taken when another writer
+    already claimed its key (a hidden `.KEY.claim` file created exclusively and kept), so two
+    different names can never share a key — e.g. the number of a saved run.
     """
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
@@ -110,7 +114,13 @@ def exclusive_write_text(directory: str | Path, make_name: callable, text: str) 
             stream.flush()
             os.fsync(stream.fileno())
         for attempt in range(10_000):
-            target = folder / make_name(attempt)
+            name = make_name(attempt)
+            if claim_key is not None:
+                try:
+                    os.close(os.open(folder / f".{claim_key(name)}.claim", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                except FileExistsError:
+                    continue
+            target = folder / name
             try:
                 os.link(temporary, target)
                 return target
@@ -143,8 +153,8 @@ def install_exclusive_save() -> None:
 
     Its own save opens the final file and writes into it, and picks the next number before
     writing, so a killed run leaves a truncated newest file (which --benchmark-compare would pick)
-    and two concurrent runs can collide. This writes a temporary file and hard-links it to the
-    first free number instead.
+    and two concurrent runs can pick the same number. This writes a temporary file, claims the
+    first free number exclusively, and hard-links the file to it.
     """
     from pytest_benchmark.storage.file import FileStorage
     from pytest_benchmark.utils import safe_dumps
@@ -157,7 +167,8 @@ def install_exclusive_save() -> None:
         existing = _numbered(folder)
         first = int(existing[-1].name[:4]) + 1 if existing else 1
         text = safe_dumps(output_json, ensure_ascii=True, indent=4)
-        path = exclusive_write_text(folder, lambda attempt: f"{first + attempt:04}_{save}.json", text)
+        path = exclusive_write_text(folder, lambda attempt: f"{first + attempt:04}_{save}.json", text,
+                                    claim_key=lambda name: name[:4])
         self.logger.info(f"Saved benchmark data in: {path}")
 
     save.dlmbench_exclusive = True  # type: ignore[attr-defined]

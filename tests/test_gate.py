@@ -150,11 +150,15 @@ def test_atomic_writes_leave_old_content_when_interrupted(tmp_path, monkeypatch)
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["results.json"]
 
 
-def test_exclusive_writes_never_overwrite(tmp_path):
+def test_exclusive_writes_never_overwrite_or_share_a_number(tmp_path):
     first = exclusive_write_text(tmp_path, lambda n: f"{n + 1:04}_x.json", "a")
     second = exclusive_write_text(tmp_path, lambda n: f"{n + 1:04}_x.json", "b")
     assert (first.name, second.name) == ("0001_x.json", "0002_x.json")
     assert first.read_text() == "a" and second.read_text() == "b"
+    number = lambda name: name[:4]  # noqa: E731
+    third = exclusive_write_text(tmp_path, lambda n: f"{n + 1:04}_y.json", "c", claim_key=number)
+    fourth = exclusive_write_text(tmp_path, lambda n: f"{n + 1:04}_z.json", "d", claim_key=number)
+    assert (third.name, fourth.name) == ("0001_y.json", "0002_z.json")
 
 
 USER_BENCH = """
@@ -218,10 +222,10 @@ def test_concurrent_saves_never_collide(pytester):
     pytester.makepyfile(test_user=USER_BENCH)
     args = [sys.executable, "-m", "pytest", "--dlm-rounds=1", "-p", "no:cacheprovider", "-q"]
     runs = [subprocess.Popen([*args, f"--benchmark-save=run{i}"], cwd=pytester.path, stdout=subprocess.DEVNULL)
-            for i in range(3)]
-    assert [run.wait() for run in runs] == [0, 0, 0]
+            for i in range(4)]
+    assert [run.wait() for run in runs] == [0, 0, 0, 0]
     saved = sorted(p.name for p in (pytester.path / ".benchmarks").rglob("*.json"))
-    assert [name[:4] for name in saved] == ["0001", "0002", "0003"]
+    assert [name[:4] for name in saved] == ["0001", "0002", "0003", "0004"]
     for path in (pytester.path / ".benchmarks").rglob("*.json"):
         load_run(path)
     listing = subprocess.run([sys.executable, "-m", "pytest_benchmark", "compare", *map(str, (pytester.path / ".benchmarks").rglob("*.json"))],
