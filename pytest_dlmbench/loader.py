@@ -40,6 +40,13 @@ class ModelCache:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.current: LoadedModel | None = None
+        self._used: set[str] = set()
+
+    def first_use(self, name: str) -> bool:
+        """True the first time it is asked about `name` in this session."""
+        first = name not in self._used
+        self._used.add(name)
+        return first
 
     def get(self, name: str) -> LoadedModel:
         if self.current is not None and self.current.spec.name == name:

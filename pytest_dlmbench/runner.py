@@ -8,6 +8,7 @@ are true device seconds -> metrics into `benchmark.extra_info`.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from pytest_dlmbench.memory import MemoryReport, MemoryTracker, is_out_of_memory
 from pytest_dlmbench.memory_model import predicted_peak_bytes
 from pytest_dlmbench.metrics import PointMetrics
 from pytest_dlmbench.paradigms import ForwardLog, GenerationResult, make_paradigm
+from pytest_dlmbench.paradigms.base import ForwardLimitReached
 from pytest_dlmbench.prompts import gsm8k_prompts, load_gsm8k, synthetic_prompts
 from pytest_dlmbench.roofline import Peaks, roofline_fields
 from pytest_dlmbench.timing import RegionTimer, synchronize
@@ -79,10 +81,10 @@ class PointRunner:
         """Measure one point. An out-of-memory point is recorded (status "oom") and skipped; any
         other failure is recorded (status "error") and raised."""
         progress = Progress(self.write_line, point.id)
-        run_once, describe, decoder = self._prepare(point, generate, vocab_size, progress)
+        run_once, describe, decoder, prime = self._prepare(point, generate, vocab_size, progress)
         failure: tuple[str, str] | None = None
         try:
-            results, latencies, memory = self._measure(run_once, progress)
+            results, latencies, memory = self._measure(run_once, progress, prime)
         except Exception as error:  # noqa: BLE001 - every failure becomes a recorded result
             failure = ("oom" if is_out_of_memory(error) else "error", f"{type(error).__name__}: {error}")
             if failure[0] == "error":
@@ -118,9 +120,10 @@ class PointRunner:
             self.record(metrics)
 
     def _prepare(self, point: BenchPoint, generate: GenerateFn | None, vocab_size: int | None,
-                 progress: Progress) -> tuple[Callable[[], GenerationResult], dict[str, Any], tuple[Any, Any] | None]:
-        """A callable that runs one whole generation, the point's labels, and (spec, paradigm)
-        for the built-in paradigms."""
+                 progress: Progress) -> tuple[Callable[[], GenerationResult], dict[str, Any], tuple[Any, Any] | None,
+                                              Callable[[], None] | None]:
+        """A callable that runs one whole generation, the point's labels, (spec, paradigm) for the
+        built-in paradigms, and, on a model's first point, a short untimed start-up run."""
         settings = self.settings
         device = settings.torch_device
         if generate is None:
@@ -138,9 +141,15 @@ class PointRunner:
                 log = ForwardLog(RegionTimer(device), progress)
                 return paradigm.generate(model, spec, prompt_ids, point.gen_len, log)
 
+            def prime() -> None:  # a few forwards absorb the process's CUDA/cuBLAS start-up, untimed
+                with contextlib.suppress(ForwardLimitReached):
+                    paradigm.generate(model, spec, prompt_ids, point.gen_len, ForwardLog(RegionTimer(device), limit=4))
+
             decoder = (spec, paradigm)
+            if not self.models.first_use(point.model):
+                prime = None
         else:
-            decoder = None
+            decoder = prime = None
             if vocab_size is None:
                 raise ValueError("dlm_bench(point, generate=fn) also needs vocab_size= for the prompt ids")
             prompt_ids = synthetic_prompts(vocab_size, point.batch_size, point.prompt_len, settings.seed, device)
@@ -150,16 +159,18 @@ class PointRunner:
                 out = generate(prompt_ids)
                 return out if isinstance(out, GenerationResult) else GenerationResult(tokens=out, nfe=0)
 
-        return run_once, describe | {"dtype": settings.dtype, "device": settings.device}, decoder
+        return run_once, describe | {"dtype": settings.dtype, "device": settings.device}, decoder, prime
 
-    def _measure(self, run_once: Callable[[], GenerationResult],
-                 progress: Progress) -> tuple[list[GenerationResult], list[float], MemoryReport]:
-        """Warm-up (memory tracked on the first), then the timed rounds under pytest-benchmark."""
+    def _measure(self, run_once: Callable[[], GenerationResult], progress: Progress,
+                 prime: Callable[[], None] | None) -> tuple[list[GenerationResult], list[float], MemoryReport]:
+        """Start-up run, warm-up (memory tracked on the first), then the timed rounds under pytest-benchmark."""
         import torch
 
         settings = self.settings
         device = settings.torch_device
         with torch.inference_mode():
+            if prime is not None:
+                prime()
             memory, warm_s = MemoryReport(), None
             for index in range(settings.warmup):
                 progress.phase = f"warm-up {index + 1}/{settings.warmup}"
