@@ -68,8 +68,7 @@ def _integer_ticks(axis: Any, values: list[int]) -> None:
     axis.xaxis.set_minor_locator(NullLocator())
 
 
-def _sweep_figure(points: list[dict[str, Any]], runs: int, x_key: str, fixed: dict[str, Any], title: str,
-                  path: Path) -> None:
+def _sweep_figure(points: list[dict[str, Any]], runs: int, x_key: str, title: str, path: Path) -> None:
     """Throughput against `x_key`, one panel per prompt length; OOM points drawn as red crosses."""
     import matplotlib
 
@@ -79,7 +78,7 @@ def _sweep_figure(points: list[dict[str, Any]], runs: int, x_key: str, fixed: di
     prompts = sorted({p["prompt_len"] for p in points})
     figure, axes = plt.subplots(1, len(prompts), figsize=(6 * len(prompts), 4.5), squeeze=False)
     for axis, prompt_len in zip(axes[0], prompts):
-        chosen = [p for p in points if p["prompt_len"] == prompt_len and all(p[k] == v for k, v in fixed.items())]
+        chosen = [p for p in points if p["prompt_len"] == prompt_len]
         for label in sorted({_series_label(p, runs) for p in chosen}):
             series = sorted((p for p in chosen if _series_label(p, runs) == label), key=lambda p: p[x_key])
             done = [p for p in series if p.get("status", "ok") == "ok"]
@@ -181,11 +180,11 @@ def write_report(run_paths: list[str], out: str | Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     figures = [folder / "throughput_vs_gen.png", folder / "throughput_vs_batch.png", folder / "roofline.png"]
     batch_one = [p for p in points if p["batch_size"] == 1]
-    _sweep_figure(batch_one, len(runs), "gen_len", {}, "Throughput vs generation length (batch 1)", figures[0])
+    _sweep_figure(batch_one, len(runs), "gen_len", "Throughput vs generation length (batch 1)", figures[0])
     gens = {p["gen_len"] for p in points if p["batch_size"] > 1}
     sweep_gen = max(gens, key=lambda g: sum(p["gen_len"] == g for p in points)) if gens else None
     _sweep_figure([p for p in points if p["gen_len"] == sweep_gen] if sweep_gen else batch_one, len(runs),
-                  "batch_size", {}, f"Throughput vs batch size (gen {sweep_gen})", figures[1])
+                  "batch_size", f"Throughput vs batch size (gen {sweep_gen})", figures[1])
     _roofline_figure(points, len(runs), figures[2])
     if _speedup_figure(points, len(runs), folder / "strategy_speedup.png"):
         figures.append(folder / "strategy_speedup.png")
