@@ -182,7 +182,15 @@ class BoundaryRunner:
                for gib in CARDS_GIB},
         }
         self.bench.benchmark.extra_info.update(found)
-        if boundary.max_batch_size == 0:
+        if boundary.max_batch_size == 0:  # saved as an "oom" point, like any point that ran out of memory
+            from pytest_dlmbench.memory import MemoryReport
+            from pytest_dlmbench.metrics import PointMetrics
+
+            weights = "checkpoint" if settings.checkpoint(point.model) else "random"
+            describe = {"weights": weights, "dtype": settings.dtype, "device": settings.device,
+                        **decoder.describe(spec, point.gen_len)}
+            failed = PointMetrics.failed(point, describe, "oom", "does not fit at batch 1", MemoryReport())
+            self.bench.keep(failed)
             pytest.skip(f"OOM: {boundary_id(point)} does not fit at batch 1")
         metrics = self.bench(dataclasses.replace(point, batch_size=boundary.max_batch_size))
         full_peak = metrics.peak_mem_allocated_bytes

@@ -88,12 +88,12 @@ class PointRunner:
         except Exception as error:  # noqa: BLE001 - every failure becomes a recorded result
             failure = ("oom" if is_out_of_memory(error) else "error", f"{type(error).__name__}: {error}")
             if failure[0] == "error":
-                self._record(PointMetrics.failed(point, describe, *failure, memory_now(self.settings.torch_device)))
+                self.keep(PointMetrics.failed(point, describe, *failure, memory_now(self.settings.torch_device)))
                 raise
         if failure is not None:  # outside the except block, so the failed frames' tensors are freed
             memory = memory_now(self.settings.torch_device)
             release_memory(self.settings.torch_device)
-            self._record(PointMetrics.failed(point, describe, *failure, memory))
+            self.keep(PointMetrics.failed(point, describe, *failure, memory))
             pytest.skip(f"OOM: {point.id} ({failure[1].splitlines()[0][:200]})")
 
         forward_ms: dict[str, list[float]] = {}
@@ -112,10 +112,11 @@ class PointRunner:
                                 metrics.latency_s, self.peaks),
                 ai_paper=paradigm.paper_arithmetic_intensity(spec, point.prompt_len, point.gen_len, point.batch_size),
             )
-        self._record(metrics)
+        self.keep(metrics)
         return metrics
 
-    def _record(self, metrics: PointMetrics) -> None:
+    def keep(self, metrics: PointMetrics) -> None:
+        """Hand a result to the session (summary table, saved file, gate)."""
         if self.record is not None:
             self.record(metrics)
 

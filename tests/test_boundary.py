@@ -61,6 +61,10 @@ BOUNDARY_TEST = """
 def test_oom_boundary(dlm_boundary, dlm_boundary_point):
     dlm_boundary(dlm_boundary_point)
 """
+GRID_TEST = """
+def test_generation(dlm_bench, dlm_point):
+    dlm_bench(dlm_point)
+"""
 
 
 def test_boundary_benchmark_saves_the_search(pytester):
@@ -75,6 +79,18 @@ def test_boundary_benchmark_saves_the_search(pytester):
     assert bench["name"] == "test_oom_boundary[ar-tiny-ar-p16-g32]"
     assert info["max_batch_size"] == 5 and info["first_oom_batch"] == 6 and info["batch_size"] == 5
     assert info["boundary_probe_batches"] == [1, 2, 4, 5, 6, 8] and info["tokens_per_s"] > 0
+
+
+def test_a_point_that_never_fits_is_saved_as_oom(pytester):
+    pytester.makeconftest(CONFTEST.replace("> 5", "> 0"))
+    pytester.makepyfile(test_boundary_run=BOUNDARY_TEST + GRID_TEST)
+    result = pytester.runpytest("--dlm-boundary", "--dlm-paradigms=ar", "--dlm-prompt=16", "--dlm-gen=32",
+                                "--dlm-batch=1", "--dlm-max-batch=8", "--dlm-isolate=off", "--dlm-rounds=1",
+                                "--benchmark-json=out.json", "-p", "no:cacheprovider", "-rs")
+    result.assert_outcomes(passed=1, skipped=1)
+    result.stdout.fnmatch_lines(["*OOM: ar-tiny-ar-p16-g32 does not fit at batch 1*"])
+    [failed] = json.loads((pytester.path / "out.json").read_text())["dlmbench_failed"]
+    assert failed["name"] == "test_oom_boundary[ar-tiny-ar-p16-g32]" and failed["extra_info"]["status"] == "oom"
 
 
 def test_boundary_is_off_unless_asked(pytester):
