@@ -165,7 +165,8 @@ class BoundaryRunner:
                                         loaded.spec, paradigm)
 
         spec = get_spec(point.model)
-        decoder = make_paradigm(point.paradigm, settings.decode, point.strategy)
+        weights = "checkpoint" if settings.checkpoint(point.model) else "random"
+        decoder = make_paradigm(point.paradigm, settings.decode_for(weights), point.strategy)
         decoder.validate(spec, point.prompt_len, point.gen_len, 1)
         phases = decoder.memory_phases(spec, point.prompt_len, point.gen_len)
         boundary = find_max_batch(probe, settings.max_batch)
@@ -186,7 +187,6 @@ class BoundaryRunner:
             from pytest_dlmbench.memory import MemoryReport
             from pytest_dlmbench.metrics import PointMetrics
 
-            weights = "checkpoint" if settings.checkpoint(point.model) else "random"
             describe = {"weights": weights, "dtype": settings.dtype, "device": settings.device,
                         **decoder.describe(spec, point.gen_len)}
             failed = PointMetrics.failed(point, describe, "oom", "does not fit at batch 1", MemoryReport())

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from pytest_dlmbench.memory_model import DTYPE_BYTES, parameter_count
 from pytest_dlmbench.models import ModelSpec
 from pytest_dlmbench.paradigms.base import ForwardShape
+from pytest_dlmbench.timing import RegionTimer
 
 if TYPE_CHECKING:
     import torch
@@ -70,26 +71,20 @@ def measure_peaks(device: torch.device, matmul_size: int = 8192, copy_bytes: int
     """This GPU's ceilings: device-to-device copy bandwidth (read + write) and a large bf16 matmul."""
     import torch
 
-    def best_seconds(work: Any) -> float:
-        work()
-        torch.cuda.synchronize(device)
-        times = []
+    def best_seconds(work: Any, *tensors: torch.Tensor) -> float:
+        work(*tensors)  # untimed: first-call set-up
+        timer = RegionTimer(device)
         for _ in range(repeats):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            work()
-            end.record()
-            torch.cuda.synchronize(device)
-            times.append(start.elapsed_time(end) / 1e3)
-        return min(times)
+            with timer.region("work"):
+                work(*tensors)
+        return min(timer.read()["work"]) / 1e3
 
     source = torch.empty(copy_bytes, dtype=torch.uint8, device=device)
-    target = torch.empty_like(source)
-    copy_s = best_seconds(lambda: target.copy_(source))
-    a = torch.randn(matmul_size, matmul_size, dtype=torch.bfloat16, device=device)
-    b = torch.randn_like(a)
-    matmul_s = best_seconds(lambda: a @ b)
-    del source, target, a, b
+    copy_s = best_seconds(torch.Tensor.copy_, torch.empty_like(source), source)
+    del source
+    matrix = torch.randn(matmul_size, matmul_size, dtype=torch.bfloat16, device=device)
+    matmul_s = best_seconds(torch.matmul, matrix, matrix)
+    del matrix
     torch.cuda.empty_cache()
     return Peaks(2 * matmul_size**3 / matmul_s / 1e12, 2 * copy_bytes / copy_s / 1e9, "measured")
 

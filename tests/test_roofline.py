@@ -112,3 +112,10 @@ def test_report_from_a_saved_smoke_run(pytester, tmp_path):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     markdown = (tmp_path / "report" / "report.md").read_text()
     assert "1:run" in markdown and "2:run" in markdown and "dual_cache" in markdown and "![roofline]" in markdown
+
+
+def test_measured_ceilings_are_positive_rates():
+    from pytest_dlmbench.roofline import measure_peaks
+
+    peaks = measure_peaks(torch.device("cpu"), matmul_size=128, copy_bytes=2**20, repeats=2)
+    assert peaks.source == "measured" and peaks.tflops > 0 and peaks.gbps > 0 and peaks.ridge > 0
