@@ -1,14 +1,15 @@
-"""The `dlmbench` command: compare and gate saved runs, measure run-to-run noise."""
+"""The `dlmbench` command: compare and gate saved runs, measure run-to-run noise, merge and report runs."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 
 from pytest_dlmbench import __version__
 from pytest_dlmbench.gate import DEFAULT_GATE, GateError, GateRule, compare, noise, noise_table, recommended_threshold, verdict_table
-from pytest_dlmbench.store import RunFileError, load_run, machine_mismatch
+from pytest_dlmbench.store import FAILED_KEY, RunFileError, atomic_write_text, load_run, machine_mismatch, merge_runs
 
 
 def _rule(text: str) -> GateRule:
@@ -40,6 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
     noise_cmd.add_argument("first")
     noise_cmd.add_argument("second")
     noise_cmd.add_argument("--metric", default="tokens_per_s")
+    merge_cmd = commands.add_parser("merge", help="One run file from a grid measured in several invocations.")
+    merge_cmd.add_argument("runs", nargs="+", metavar="RUN.json")
+    merge_cmd.add_argument("--out", required=True, help="merged file to write (atomically)")
+    merge_cmd.add_argument("--replace", action="store_true",
+                           help="a point in several files keeps the last file's result (default: an error)")
+    merge_cmd.add_argument("--allow-mismatch", action="store_true",
+                           help="merge even when GPU or software versions differ")
     return parser
 
 
@@ -67,6 +75,16 @@ def _noise(args: argparse.Namespace) -> int:
     return 0
 
 
+def _merge(args: argparse.Namespace) -> int:
+    merged, replaced = merge_runs(args.runs, replace=args.replace, allow_mismatch=args.allow_mismatch)
+    atomic_write_text(args.out, json.dumps(merged, indent=4))
+    for line in replaced:
+        print(f"replaced {line}")
+    print(f"{args.out}: {len(merged['benchmarks'])} finished and {len(merged[FAILED_KEY])} failed points "
+          f"from {len(args.runs)} files")
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from pytest_dlmbench.report import write_report
 
@@ -82,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return {"compare": _compare, "noise": _noise, "report": _report}[args.command](args)
+        return {"compare": _compare, "noise": _noise, "merge": _merge, "report": _report}[args.command](args)
     except RunFileError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

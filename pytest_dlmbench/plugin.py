@@ -42,7 +42,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.stash[SETTINGS] = Settings.from_config(config)
+    settings = config.stash[SETTINGS] = Settings.from_config(config)
+    if settings.warmup == 0:
+        config.issue_config_time_warning(UserWarning(
+            "--dlm-warmup=0: each point's timed rounds include its first generation at its shapes, and with it "
+            "one-time costs (e.g. cuDNN attention plans built per new sequence length: autoregressive decoding "
+            "read about 3x slower on an H100). Fine for smoke checks; use warm-up >= 1 for results and gating."),
+            stacklevel=2)
     config.stash[RESULTS] = {}
     config.stash[BASELINES] = {}
     from pytest_dlmbench.store import install_exclusive_save

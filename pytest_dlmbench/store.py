@@ -32,8 +32,9 @@ class SavedRun:
     points: dict[str, dict[str, Any]]  # test id (pytest-benchmark "fullname") -> extra_info
 
 
-def load_run(path: str | Path) -> SavedRun:
-    """Read a file written by `--benchmark-save` or `--benchmark-json` with this plugin active."""
+def read_run_document(path: str | Path) -> dict[str, Any]:
+    """The JSON of a file written by `--benchmark-save` or `--benchmark-json` with this plugin
+    active, checked: every problem is a `RunFileError` naming the file."""
     name = str(path)
     try:
         text = Path(path).read_text(encoding="utf8")
@@ -53,16 +54,46 @@ def load_run(path: str | Path) -> SavedRun:
     if schema > SCHEMA_VERSION:
         raise RunFileError(f"{name}: written with schema {schema}, newer than this pytest-dlmbench reads "
                            f"({SCHEMA_VERSION}); upgrade pytest-dlmbench")
-    points = {}
     for index, bench in enumerate(data["benchmarks"] + data.get(FAILED_KEY, [])):
         if not isinstance(bench, dict) or not isinstance(bench.get("fullname"), str) or not isinstance(
                 bench.get("extra_info"), dict):
             raise RunFileError(f"{name}: benchmark #{index} lacks 'fullname' or 'extra_info'")
-        points[bench["fullname"]] = bench["extra_info"]
-    machine = data.get("machine_info", {}).get("dlmbench")
-    if not isinstance(machine, dict):
+    if not isinstance(data.get("machine_info", {}).get("dlmbench"), dict):
         raise RunFileError(f"{name}: no machine_info.dlmbench section")
-    return SavedRun(name, machine, points)
+    return data
+
+
+def load_run(path: str | Path) -> SavedRun:
+    """A saved run's machine and its points (finished and failed), keyed by test id."""
+    data = read_run_document(path)
+    points = {bench["fullname"]: bench["extra_info"] for bench in data["benchmarks"] + data.get(FAILED_KEY, [])}
+    return SavedRun(str(path), data["machine_info"]["dlmbench"], points)
+
+
+def merge_runs(paths: list[str], replace: bool = False, allow_mismatch: bool = False) -> tuple[dict[str, Any], list[str]]:
+    """One run from a grid measured in several invocations: the first file's machine and commit,
+    every file's points. A point in two files is an error unless `replace` (the later file's wins);
+    returns the merged document and a line per replaced point."""
+    documents = [(str(path), read_run_document(path)) for path in paths]
+    first_name, first = documents[0]
+    entries: dict[str, tuple[str, str, dict[str, Any]]] = {}  # test id -> (list key, file, entry)
+    replaced = []
+    for name, data in documents:
+        differences = machine_mismatch(first["machine_info"]["dlmbench"], data["machine_info"]["dlmbench"])
+        if differences and not allow_mismatch:
+            raise RunFileError(f"{name}: machine or software differs from {first_name}: " + "; ".join(differences))
+        for key in ("benchmarks", FAILED_KEY):
+            for entry in data.get(key, []):
+                test = entry["fullname"]
+                if test in entries:
+                    if not replace:
+                        raise RunFileError(f"{name}: {test} is also in {entries[test][1]} (--replace keeps the later file's)")
+                    replaced.append(f"{test}: {entries[test][1]} replaced by {name}")
+                entries[test] = (key, name, entry)
+    merged = {key: value for key, value in first.items() if key not in ("benchmarks", FAILED_KEY)}
+    for key in ("benchmarks", FAILED_KEY):
+        merged[key] = [entry for kind, _, entry in entries.values() if kind == key]
+    return merged, replaced
 
 
 def machine_mismatch(baseline: dict[str, Any], current: dict[str, Any]) -> list[str]:

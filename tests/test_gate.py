@@ -16,6 +16,7 @@ import torch  # noqa: F401
 from pytest_dlmbench.cli import main
 from pytest_dlmbench.gate import GateError, GateRule, compare, noise, recommended_threshold
 from pytest_dlmbench.store import (
+    FAILED_KEY,
     RunFileError,
     SCHEMA_KEY,
     atomic_write_text,
@@ -133,6 +134,32 @@ def test_cli_refuses_a_machine_mismatch(tmp_path, capsys):
     assert "gpu_name: 'NVIDIA H100 80GB HBM3' != 'NVIDIA A100-SXM4-80GB'" in capsys.readouterr().err
     assert main(["compare", str(base), str(other), "--allow-mismatch"]) == 0
     assert machine_mismatch({"torch": "1"}, {"torch": "1"}) == []
+
+
+def test_cli_merge_joins_invocations_and_refuses_duplicates_and_mismatches(tmp_path, capsys):
+    first = write_run(tmp_path / "a.json", {"t[p1]": point([1.0]), "t[p2]": point([2.0])})
+    second = write_run(tmp_path / "b.json", {"t[p3]": point([3.0])})
+    data = json.loads(second.read_text())
+    data[FAILED_KEY] = [{"fullname": "t[p4]", "extra_info": {"status": "oom"}}]
+    second.write_text(json.dumps(data))
+    merged = tmp_path / "merged.json"
+    assert main(["merge", str(first), str(second), "--out", str(merged)]) == 0
+    run = load_run(merged)
+    assert list(run.points) == ["t[p1]", "t[p2]", "t[p3]", "t[p4]"] and run.points["t[p4]"]["status"] == "oom"
+    assert "3 finished and 1 failed points from 2 files" in capsys.readouterr().out
+
+    again = write_run(tmp_path / "c.json", {"t[p2]": point([4.0])})
+    assert main(["merge", str(first), str(again), "--out", str(merged)]) == 2
+    assert f"{again}: t[p2] is also in {first} (--replace keeps the later file's)" in capsys.readouterr().err
+    assert len(load_run(merged).points) == 4  # the refused merge left the earlier file as it was
+    assert main(["merge", str(first), str(again), "--out", str(merged), "--replace"]) == 0
+    assert f"replaced t[p2]: {first} replaced by {again}" in capsys.readouterr().out
+    assert load_run(merged).points["t[p2]"]["latency_s"] == 4.0
+
+    other = write_run(tmp_path / "d.json", {"t[p5]": point([1.0])}, {"gpu_name": "NVIDIA A100-SXM4-80GB", "torch": "2.13"})
+    assert main(["merge", str(first), str(other), "--out", str(tmp_path / "x.json")]) == 2
+    assert "machine or software differs" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
 
 
 def test_atomic_writes_leave_old_content_when_interrupted(tmp_path, monkeypatch):

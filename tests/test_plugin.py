@@ -92,9 +92,12 @@ def test_rounds_follow_the_time_budget(pytester):
     assert [b["extra_info"]["rounds"] for b in data["benchmarks"]] == [1]
 
 
-def test_no_warmup_still_measures_memory(pytester):
-    data = run_json(pytester, *SMALL, "--dlm-warmup=0", "--dlm-paradigms=dlm")
-    info = data["benchmarks"][0]["extra_info"]
+def test_no_warmup_still_measures_memory_and_warns_that_timings_are_cold(pytester):
+    pytester.makepyfile(test_grid=GRID_TEST)
+    result = pytester.runpytest("--benchmark-json=out.json", *SMALL, "--dlm-warmup=0", "--dlm-paradigms=dlm")
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines(["*--dlm-warmup=0: each point's timed rounds include its first generation*"])
+    info = json.loads((pytester.path / "out.json").read_text())["benchmarks"][0]["extra_info"]
     assert info["warmup_rounds"] == 0 and info["peak_rss_bytes"] > 0
 
 

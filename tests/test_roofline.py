@@ -119,3 +119,18 @@ def test_measured_ceilings_are_positive_rates():
 
     peaks = measure_peaks(torch.device("cpu"), matmul_size=128, copy_bytes=2**20, repeats=2)
     assert peaks.source == "measured" and peaks.tflops > 0 and peaks.gbps > 0 and peaks.ridge > 0
+
+
+def test_the_paper_closed_form_is_given_for_uncached_forwards_only():
+    from pytest_dlmbench.models import get_spec
+    from pytest_dlmbench.paradigms import make_paradigm
+    from pytest_dlmbench.paradigms.base import DecodeOptions
+
+    spec = get_spec("llada-8b")
+    values = {strategy: make_paradigm("dlm", DecodeOptions(tpf=3.0), strategy).paper_arithmetic_intensity(spec, 920, 256, 16)
+              for strategy in ("baseline", "parallel", "prefix_cache", "dual_cache", "dual_cache+parallel")}
+    assert values["baseline"] == values["parallel"] > 0  # same forward shapes, fewer of them
+    assert values["prefix_cache"] is values["dual_cache"] is values["dual_cache+parallel"] is None
+    block = get_spec("fast-dllm-v2-7b")
+    assert make_paradigm("block", DecodeOptions(tpf=3.0), "parallel+subblock_cache").paper_arithmetic_intensity(
+        block, 920, 256, 16) is None

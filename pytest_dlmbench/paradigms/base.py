@@ -113,8 +113,9 @@ class Paradigm(Protocol):
         """The generation's stages for the analytic memory model (see memory_model.py)."""
         ...
 
-    def paper_arithmetic_intensity(self, spec: ModelSpec, prompt_len: int, gen_len: int, batch: int) -> float:
-        """The first seed paper's Appendix A closed form (eqs. 11-13), L = prompt + gen."""
+    def paper_arithmetic_intensity(self, spec: ModelSpec, prompt_len: int, gen_len: int, batch: int) -> float | None:
+        """The first seed paper's Appendix A closed form (eqs. 11-13), L = prompt + gen; None for
+        caching strategies, which the closed forms do not describe."""
         ...
 
     def probe(self, model: PreTrainedModel, spec: ModelSpec, prompt_ids: torch.Tensor, gen_len: int, log: ForwardLog) -> None:

@@ -72,7 +72,9 @@ class BlockDiffusionDecoder:
             described["acceptance"] = "fixed"  # one token per step, whatever the weights
         return described
 
-    def paper_arithmetic_intensity(self, spec: ModelSpec, prompt_len: int, gen_len: int, batch: int) -> float:
+    def paper_arithmetic_intensity(self, spec: ModelSpec, prompt_len: int, gen_len: int, batch: int) -> float | None:
+        if self.subblock_cache:  # the closed form describes the uncached forward only
+            return None
         # eq. 12: 2 B n_l (2 G d^2 + a^2 G d^2 + L G d) / (N + 2 B n_l d L + B n_l d G)
         n, layers, d, length, g = (parameter_count(spec), spec.num_layers, spec.hidden_size, prompt_len + gen_len,
                                    spec.block_size)

@@ -72,7 +72,9 @@ class MaskedDiffusionDecoder:
         steps = None if self.parallel else self.total_steps(gen_len)
         return labels(self.acceptance(gen_len), block_size=self.block_len, steps=steps)
 
-    def paper_arithmetic_intensity(self, spec: ModelSpec, prompt_len: int, gen_len: int, batch: int) -> float:
+    def paper_arithmetic_intensity(self, spec: ModelSpec, prompt_len: int, gen_len: int, batch: int) -> float | None:
+        if self.cache != "none":  # the closed form describes the uncached forward only
+            return None
         # eq. 13: 2 B n_l (2 L d^2 + a^2 L d^2 + L^2 d) / (N + B n_l d L), a = FFN / d
         n, layers, d, length = parameter_count(spec), spec.num_layers, spec.hidden_size, prompt_len + gen_len
         alpha = spec.intermediate_size / d
