@@ -8,6 +8,7 @@ A probe is the paradigm's `probe()`: the part of a generation that reaches its p
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 from collections.abc import Callable
@@ -28,6 +29,14 @@ class ProbeResult:
     batch_size: int
     fits: bool
     peak_allocated_bytes: int | None = None
+    forward_ms: float | None = None  # mean device time of the probe's non-prefill forwards
+    prefill_ms: float = 0.0  # device time of its prefill, if it has one
+
+    def generation_s(self, gen_len: int) -> float | None:
+        """A full generation's time at this batch, from above: the prefill, then one forward per
+        token at the probe's cost (a probe runs the most expensive steps; parallel strategies
+        need fewer forwards)."""
+        return None if self.forward_ms is None else (self.prefill_ms + self.forward_ms * gen_len) / 1e3
 
 
 @dataclass(frozen=True)
@@ -37,8 +46,8 @@ class Boundary:
     probes: tuple[ProbeResult, ...] = field(default_factory=tuple)
 
     @property
-    def peak_at_max(self) -> int | None:
-        return next((p.peak_allocated_bytes for p in self.probes if p.batch_size == self.max_batch_size), None)
+    def at_max(self) -> ProbeResult | None:
+        return next((p for p in self.probes if p.batch_size == self.max_batch_size), None)
 
 
 def find_max_batch(probe: Callable[[int], ProbeResult], max_batch: int) -> Boundary:
@@ -76,19 +85,20 @@ def probe_in_process(settings: Settings, point: BenchPoint, model: Any, spec: An
     from pytest_dlmbench.timing import RegionTimer
 
     device = settings.torch_device
-    fits, peak = True, None
+    log = ForwardLog(RegionTimer(device))
     try:
         prompt_ids = synthetic_prompts(spec.prompt_vocab_limit, point.batch_size, point.prompt_len, settings.seed, device)
         with torch.inference_mode(), MemoryTracker(device) as tracker:
-            paradigm.probe(model, spec, prompt_ids, point.gen_len, ForwardLog(RegionTimer(device)))
-        peak = tracker.report.peak_allocated_bytes
+            paradigm.probe(model, spec, prompt_ids, point.gen_len, log)
     except Exception as error:  # noqa: BLE001
         if not is_out_of_memory(error):
             raise
-        fits = False
-    if not fits:
         release_memory(device)
-    return ProbeResult(point.batch_size, fits, peak)
+        return ProbeResult(point.batch_size, False)
+    times = log.timer.read()
+    steps = [ms for kind, values in times.items() if kind != "prefill" for ms in values]
+    return ProbeResult(point.batch_size, True, tracker.report.peak_allocated_bytes,
+                       statistics.fmean(steps) if steps else None, sum(times.get("prefill", [])))
 
 
 def probe_isolated(argv: list[str], batch: int) -> ProbeResult:
@@ -99,7 +109,7 @@ def probe_isolated(argv: list[str], batch: int) -> ProbeResult:
     if done.returncode != 0 or not lines:
         raise RuntimeError(f"isolated probe at batch {batch} failed (exit {done.returncode}): {done.stderr[-2000:]}")
     result = json.loads(lines[-1])
-    return ProbeResult(batch, result["fits"], result["peak_allocated_bytes"])
+    return ProbeResult(**result)
 
 
 def apply_memory_limit(gib: float | None, device: torch.device) -> None:
@@ -175,25 +185,37 @@ class BoundaryRunner:
             "first_oom_batch": boundary.first_oom_batch,
             "boundary_probes": len(boundary.probes),
             "boundary_probe_batches": [p.batch_size for p in boundary.probes],
-            "peak_mem_at_max_bytes": boundary.peak_at_max,
             "memory_limit_gib": settings.memory_limit_gib,
             "isolated_probes": settings.isolate_probes,
             "predicted_max_batch": predicted_max_batch(spec, phases, settings.dtype, device_memory_bytes(settings)),
             **{f"predicted_max_batch_{gib}gib": predicted_max_batch(spec, phases, settings.dtype, gib * 2**30)
                for gib in CARDS_GIB},
         }
+        at_max = boundary.at_max
+        estimate_s = at_max.generation_s(point.gen_len) if at_max is not None else None
+        found |= {"peak_mem_at_max_bytes": at_max.peak_allocated_bytes if at_max is not None else None,
+                  "probe_ms_per_forward_at_max": at_max.forward_ms if at_max is not None else None,
+                  "estimated_generation_s": estimate_s}
         self.bench.benchmark.extra_info.update(found)
-        if boundary.max_batch_size == 0:  # saved as an "oom" point, like any point that ran out of memory
+        at_batch = dataclasses.replace(point, batch_size=max(1, boundary.max_batch_size))
+        if boundary.max_batch_size == 0 or (estimate_s is not None and estimate_s > settings.max_time_s):
             from pytest_dlmbench.memory import MemoryReport
             from pytest_dlmbench.metrics import PointMetrics
 
             describe = {"weights": weights, "dtype": settings.dtype, "device": settings.device,
                         **decoder.describe(spec, point.gen_len)}
-            failed = PointMetrics.failed(point, describe, "oom", "does not fit at batch 1", MemoryReport())
-            self.bench.keep(failed)
-            pytest.skip(f"OOM: {boundary_id(point)} does not fit at batch 1")
-        metrics = self.bench(dataclasses.replace(point, batch_size=boundary.max_batch_size))
+            if boundary.max_batch_size == 0:  # saved as an "oom" point, like any point that ran out of memory
+                status, reason = "oom", f"OOM: {boundary_id(point)} does not fit at batch 1"
+            else:  # the search is the result; a generation this long would overrun the time budget
+                status, reason = "untimed", (
+                    f"boundary {boundary_id(point)}: max batch {boundary.max_batch_size}; a full generation there "
+                    f"would take ~{estimate_s:.0f} s, over --dlm-max-time={settings.max_time_s:g}: not timed")
+            memory = MemoryReport(peak_allocated_bytes=found["peak_mem_at_max_bytes"])
+            self.bench.keep(dataclasses.replace(PointMetrics.failed(at_batch, describe, status, reason, memory),
+                                                extra=found))
+            pytest.skip(reason)
+        metrics = self.bench(at_batch)
         full_peak = metrics.peak_mem_allocated_bytes
-        if full_peak and boundary.peak_at_max:  # how well the cheap probe predicts a full generation
-            self.bench.benchmark.extra_info["probe_to_full_peak_ratio"] = boundary.peak_at_max / full_peak
+        if full_peak and at_max is not None and at_max.peak_allocated_bytes:  # how well the probe predicts the peak
+            self.bench.benchmark.extra_info["probe_to_full_peak_ratio"] = at_max.peak_allocated_bytes / full_peak
         return metrics

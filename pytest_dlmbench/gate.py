@@ -6,7 +6,7 @@ on the rounds finds the new samples worse at significance `ALPHA`. When the roun
 for the test to ever reach `ALPHA` (e.g. 3 against 3), a change beyond the threshold is
 "inconclusive": reported, never passed silently, not failed. Metrics without samples (memory,
 max_batch_size, ...) are judged on the threshold alone. A status change away from "ok"
-(ok -> oom) is a regression.
+(ok -> oom) is a regression; "untimed" (a boundary found but not timed) counts as completed.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ DIRECTIONS = {  # +1: higher is better, -1: lower is better
     "peak_rss_bytes": -1,
 }
 DEFAULT_GATE = ("tokens_per_s:5%",)
+COMPLETED = {"ok", "untimed"}  # statuses whose metrics are judged
 
 
 class GateError(ValueError):
@@ -129,11 +130,12 @@ def compare(base: dict[str, dict[str, Any]], new: dict[str, dict[str, Any]], rul
             verdicts.append(Verdict(point, "-", None, "present", "-", "new"))
             continue
         old_status, new_status = base[point].get("status", "ok"), new[point].get("status", "ok")
-        if old_status != new_status:
-            verdict = "regression" if old_status == "ok" else "improved" if new_status == "ok" else "status"
+        if old_status != new_status and not {old_status, new_status} <= COMPLETED:
+            verdict = ("regression" if old_status in COMPLETED else "improved" if new_status in COMPLETED
+                       else "status")
             verdicts.append(Verdict(point, "status", old_status, new_status, f"{old_status} -> {new_status}", verdict))
             continue
-        if new_status != "ok":
+        if new_status not in COMPLETED:
             continue
         verdicts += [_judge(point, rule, base[point], new[point]) for rule in rules]
     return verdicts

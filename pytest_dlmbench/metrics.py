@@ -43,7 +43,7 @@ class PointMetrics:
     peak_mem_allocated_bytes: int | None
     peak_mem_reserved_bytes: int | None
     nvml_peak_used_bytes: int | None
-    status: str  # "ok", "oom" or "error"
+    status: str  # "ok", "oom", "error", or "untimed" (a boundary whose generation exceeds the time budget)
     # Detail beyond the fixed keys.
     acceptance: str = "fixed"  # "fixed", "model" (real confidences) or "simulated" (a TPF target)
     threshold: float | None = None
@@ -63,6 +63,7 @@ class PointMetrics:
     clock_event_reasons_start: tuple[str, ...] | None = None
     clock_event_reasons_end: tuple[str, ...] | None = None
     other_processes_bytes: int | None = None
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)  # further keys, saved flat (e.g. a boundary search)
 
     @classmethod
     def from_run(
@@ -133,7 +134,8 @@ class PointMetrics:
 
     def to_extra_info(self) -> dict[str, Any]:
         info = dataclasses.asdict(self)
-        return {key: list(value) if isinstance(value, tuple) else value for key, value in info.items()}
+        extra = info.pop("extra")
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in info.items()} | extra
 
 
 def device_state_fields(memory: MemoryReport) -> dict[str, Any]:

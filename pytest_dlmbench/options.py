@@ -129,8 +129,8 @@ def add_options(parser: pytest.Parser) -> None:
     add("--dlm-rounds", type=positive_int, default=3, help="Most timed rounds per point. Default: 3.")
     add("--dlm-warmup", type=_non_negative_int, default=1, help="Untimed full generations before timing. Default: 1.")
     add("--dlm-max-time", type=_number(1e-9, "a positive number of seconds"), default=60.0,
-        help="Per-point time budget in seconds: rounds = budget / warm-up time, between 1 and --dlm-rounds. "
-        "Default: 60.")
+        help="Per-point time budget in seconds: rounds = budget / warm-up time, between 1 and --dlm-rounds; "
+        "a boundary whose full generation would take longer is saved untimed. Default: 60.")
     add("--dlm-dtype", type=_choice(("auto", *DTYPES), "dtype"), default="auto",
         help="Weight and activation dtype (bf16, fp16, fp32). Default: bf16 on CUDA, fp32 on CPU.")
     add("--dlm-device", type=_device, default="auto", help="cpu, cuda or cuda:N. Default: cuda if available.")

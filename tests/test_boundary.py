@@ -79,6 +79,24 @@ def test_boundary_benchmark_saves_the_search(pytester):
     assert bench["name"] == "test_oom_boundary[ar-tiny-ar-p16-g32]"
     assert info["max_batch_size"] == 5 and info["first_oom_batch"] == 6 and info["batch_size"] == 5
     assert info["boundary_probe_batches"] == [1, 2, 4, 5, 6, 8] and info["tokens_per_s"] > 0
+    assert info["probe_ms_per_forward_at_max"] > 0 and info["estimated_generation_s"] > 0
+
+
+def test_a_boundary_too_slow_to_generate_in_full_is_saved_untimed(pytester):
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(test_boundary_run=BOUNDARY_TEST)
+    result = pytester.runpytest("--dlm-boundary", "--dlm-paradigms=ar", "--dlm-prompt=16", "--dlm-max-batch=64",
+                                "--dlm-isolate=off", "--dlm-rounds=1", "--dlm-max-time=0.000001",
+                                "--benchmark-json=out.json", "-p", "no:cacheprovider", "-rs")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["*boundary ar-tiny-ar-p16-g32: max batch 5; a full generation there would take *"
+                                 "over --dlm-max-time=1e-06: not timed*"])
+    saved = json.loads((pytester.path / "out.json").read_text())
+    [failed] = saved["dlmbench_failed"]
+    info = failed["extra_info"]
+    assert saved["benchmarks"] == [] and info["status"] == "untimed" and info["tokens_per_s"] is None
+    assert info["max_batch_size"] == info["batch_size"] == 5 and info["first_oom_batch"] == 6
+    assert info["estimated_generation_s"] > 0 and info["probe_ms_per_forward_at_max"] > 0
 
 
 def test_a_point_that_never_fits_is_saved_as_oom(pytester):
@@ -90,7 +108,9 @@ def test_a_point_that_never_fits_is_saved_as_oom(pytester):
     result.assert_outcomes(passed=1, skipped=1)
     result.stdout.fnmatch_lines(["*OOM: ar-tiny-ar-p16-g32 does not fit at batch 1*"])
     [failed] = json.loads((pytester.path / "out.json").read_text())["dlmbench_failed"]
-    assert failed["name"] == "test_oom_boundary[ar-tiny-ar-p16-g32]" and failed["extra_info"]["status"] == "oom"
+    info = failed["extra_info"]
+    assert failed["name"] == "test_oom_boundary[ar-tiny-ar-p16-g32]" and info["status"] == "oom"
+    assert info["max_batch_size"] == 0 and info["first_oom_batch"] == 1 and info["batch_size"] == 1
 
 
 def test_boundary_is_off_unless_asked(pytester):

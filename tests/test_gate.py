@@ -80,6 +80,16 @@ def test_new_missing_and_status_changes_are_listed():
     assert verdicts == {"a": "missing", "b": "regression", "c": "ok", "d": "new"}
 
 
+def test_an_untimed_boundary_is_judged_on_its_numbers_not_its_status():
+    rule = [GateRule.parse("max_batch_size:0")]
+    timed = {"p": point([1.0], max_batch_size=16)}
+    untimed = {"p": {"status": "untimed", "max_batch_size": 32}}
+    shrunk = {"p": {"status": "untimed", "max_batch_size": 8}}
+    assert [v.verdict for v in compare(timed, untimed, rule)] == ["improved"]
+    assert [v.verdict for v in compare(untimed, shrunk, rule)] == ["regression"]
+    assert [v.verdict for v in compare(untimed, {"p": {"status": "oom"}}, rule)] == ["regression"]
+
+
 def test_noise_and_recommended_threshold():
     first = {"p": point([1.0, 1.0]), "q": point([2.0, 2.0])}
     second = {"p": point([1.02, 1.0]), "q": point([2.0, 2.0])}
