@@ -80,6 +80,7 @@ def probe_in_process(settings: Settings, point: BenchPoint, model: Any, spec: An
     import torch
 
     from pytest_dlmbench.memory import MemoryTracker, is_out_of_memory, release_memory
+    from pytest_dlmbench.metrics import step_times_ms
     from pytest_dlmbench.paradigms import ForwardLog
     from pytest_dlmbench.prompts import synthetic_prompts
     from pytest_dlmbench.timing import RegionTimer
@@ -96,7 +97,7 @@ def probe_in_process(settings: Settings, point: BenchPoint, model: Any, spec: An
         release_memory(device)
         return ProbeResult(point.batch_size, False)
     times = log.timer.read()
-    steps = [ms for kind, values in times.items() if kind != "prefill" for ms in values]
+    steps = step_times_ms(times)
     return ProbeResult(point.batch_size, True, tracker.report.peak_allocated_bytes,
                        statistics.fmean(steps) if steps else None, sum(times.get("prefill", [])))
 

@@ -15,7 +15,10 @@ from typing import Any
 from pytest_dlmbench.grid import BenchPoint
 from pytest_dlmbench.memory import MemoryReport
 
-FORWARD_KINDS_EXCLUDED_FROM_STEP_TIME = ("prefill",)
+
+def step_times_ms(forward_ms: dict[str, list[float]]) -> list[float]:
+    """The forwards that make up the decoding steps: every kind but the prefill."""
+    return [ms for kind, values in forward_ms.items() if kind != "prefill" for ms in values]
 
 
 @dataclass(frozen=True)
@@ -83,8 +86,7 @@ class PointMetrics:
         predicted = describe.get("predicted_peak_bytes")
         measured = memory.peak_allocated_bytes
         tokens = point.batch_size * point.gen_len
-        step_ms = [ms for kind, values in forward_ms.items() if kind not in FORWARD_KINDS_EXCLUDED_FROM_STEP_TIME
-                   for ms in values]
+        step_ms = step_times_ms(forward_ms)
         prefill = forward_ms.get("prefill", [])
         return cls(
             paradigm=point.paradigm,

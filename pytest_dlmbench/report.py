@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,23 @@ def report_table(points: list[dict[str, Any]]) -> str:
     return tabulate(rows, headers=REPORT_HEADERS, tablefmt="github", floatfmt=".3g", missingval="-")
 
 
+@contextmanager
+def _figure(path: Path, **subplots: Any) -> Iterator[tuple[Any, Any]]:
+    """A headless matplotlib figure, laid out and saved to `path` as PNG when the block ends."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(**subplots)
+    try:
+        yield figure, axes
+        figure.tight_layout()
+        figure.savefig(path, dpi=120)
+    finally:
+        plt.close(figure)
+
+
 def _integer_ticks(axis: Any, values: list[int]) -> None:
     """Label a log x axis with the measured values themselves (64, 128, ...), no minor ticks."""
     from matplotlib.ticker import NullLocator
@@ -70,44 +88,31 @@ def _integer_ticks(axis: Any, values: list[int]) -> None:
 
 def _sweep_figure(points: list[dict[str, Any]], runs: int, x_key: str, title: str, path: Path) -> None:
     """Throughput against `x_key`, one panel per prompt length; OOM points drawn as red crosses."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     prompts = sorted({p["prompt_len"] for p in points})
-    figure, axes = plt.subplots(1, len(prompts), figsize=(6 * len(prompts), 4.5), squeeze=False)
-    for axis, prompt_len in zip(axes[0], prompts):
-        chosen = [p for p in points if p["prompt_len"] == prompt_len]
-        for label in sorted({_series_label(p, runs) for p in chosen}):
-            series = sorted((p for p in chosen if _series_label(p, runs) == label), key=lambda p: p[x_key])
-            done = [p for p in series if p.get("status", "ok") == "ok"]
-            if done:
-                axis.plot([p[x_key] for p in done], [p["tokens_per_s"] for p in done], marker="o", label=label)
-            failed = [p for p in series if p.get("status") == "oom"]
-            if failed:
-                floor = min((p["tokens_per_s"] for p in done), default=1.0)
-                axis.scatter([p[x_key] for p in failed], [floor] * len(failed), marker="x", color="red", s=60,
-                             label=f"{label} OOM", zorder=3)
-        axis.set(xscale="log", yscale="log", xlabel=x_key.replace("_", " "), ylabel="tokens/s",
-                 title=f"prompt {prompt_len}")
-        _integer_ticks(axis, sorted({p[x_key] for p in chosen}))
-        axis.grid(True, which="both", alpha=0.3)
-        if axis.get_legend_handles_labels()[0]:
-            axis.legend(fontsize=8)
-    figure.suptitle(title)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    with _figure(path, nrows=1, ncols=len(prompts), figsize=(6 * len(prompts), 4.5), squeeze=False) as (figure, axes):
+        for axis, prompt_len in zip(axes[0], prompts):
+            chosen = [p for p in points if p["prompt_len"] == prompt_len]
+            for label in sorted({_series_label(p, runs) for p in chosen}):
+                series = sorted((p for p in chosen if _series_label(p, runs) == label), key=lambda p: p[x_key])
+                done = [p for p in series if p.get("status", "ok") == "ok"]
+                if done:
+                    axis.plot([p[x_key] for p in done], [p["tokens_per_s"] for p in done], marker="o", label=label)
+                failed = [p for p in series if p.get("status") == "oom"]
+                if failed:
+                    floor = min((p["tokens_per_s"] for p in done), default=1.0)
+                    axis.scatter([p[x_key] for p in failed], [floor] * len(failed), marker="x", color="red", s=60,
+                                 label=f"{label} OOM", zorder=3)
+            axis.set(xscale="log", yscale="log", xlabel=x_key.replace("_", " "), ylabel="tokens/s",
+                     title=f"prompt {prompt_len}")
+            _integer_ticks(axis, sorted({p[x_key] for p in chosen}))
+            axis.grid(True, which="both", alpha=0.3)
+            if axis.get_legend_handles_labels()[0]:
+                axis.legend(fontsize=8)
+        figure.suptitle(title)
 
 
 def _speedup_figure(points: list[dict[str, Any]], runs: int, path: Path) -> bool:
     """Each strategy's throughput over its paradigm's baseline at the same point, against batch size."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     baseline = {(p["run"], p["paradigm"], p["model"], p["prompt_len"], p["gen_len"], p["batch_size"]): p
                 for p in points if p.get("strategy", "baseline") == "baseline" and p.get("tokens_per_s")}
     ratios: dict[tuple[str, int], list[tuple[int, float]]] = {}
@@ -119,53 +124,42 @@ def _speedup_figure(points: list[dict[str, Any]], runs: int, path: Path) -> bool
     if not ratios:
         return False
     prompts = sorted({prompt for _, prompt in ratios})
-    figure, axes = plt.subplots(1, len(prompts), figsize=(6 * len(prompts), 4.5), squeeze=False)
-    for axis, prompt_len in zip(axes[0], prompts):
-        for (label, prompt), values in sorted(ratios.items()):
-            if prompt == prompt_len:
-                values.sort()
-                axis.plot([b for b, _ in values], [r for _, r in values], marker="o", label=label)
-        axis.axhline(1.0, color="grey", linestyle="--", linewidth=1)
-        axis.set(xscale="log", xlabel="batch size", ylabel="speed-up over baseline", title=f"prompt {prompt_len}")
-        _integer_ticks(axis, sorted({b for (_, prompt), values in ratios.items() if prompt == prompt_len
-                                     for b, _ in values}))
-        axis.grid(True, which="both", alpha=0.3)
-        axis.legend(fontsize=8)
-    figure.suptitle("Strategy speed-ups vs batch size")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    with _figure(path, nrows=1, ncols=len(prompts), figsize=(6 * len(prompts), 4.5), squeeze=False) as (figure, axes):
+        for axis, prompt_len in zip(axes[0], prompts):
+            for (label, prompt), values in sorted(ratios.items()):
+                if prompt == prompt_len:
+                    values.sort()
+                    axis.plot([b for b, _ in values], [r for _, r in values], marker="o", label=label)
+            axis.axhline(1.0, color="grey", linestyle="--", linewidth=1)
+            axis.set(xscale="log", xlabel="batch size", ylabel="speed-up over baseline", title=f"prompt {prompt_len}")
+            _integer_ticks(axis, sorted({b for (_, prompt), values in ratios.items() if prompt == prompt_len
+                                         for b, _ in values}))
+            axis.grid(True, which="both", alpha=0.3)
+            axis.legend(fontsize=8)
+        figure.suptitle("Strategy speed-ups vs batch size")
     return True
 
 
 def _roofline_figure(points: list[dict[str, Any]], runs: int, path: Path) -> None:
     """Every point at (arithmetic intensity, achieved TFLOP/s), under its device's roofs."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(7.5, 5.5))
-    measured = [p for p in points if p.get("achieved_tflops") and p.get("arithmetic_intensity")]
-    for label in sorted({_series_label(p, runs) for p in measured}):
-        chosen = [p for p in measured if _series_label(p, runs) == label]
-        axis.scatter([p["arithmetic_intensity"] for p in chosen], [p["achieved_tflops"] for p in chosen], label=label,
-                     s=25)
-    intensities = [p["arithmetic_intensity"] for p in measured] or [1.0]
-    low, high = min(intensities) / 4, max(intensities) * 4
-    for tflops, gbps in sorted({(p["peak_tflops"], p["peak_gbps"]) for p in measured if p.get("peak_tflops")}):
-        ridge = tflops * 1e3 / gbps
-        xs = [min(low, ridge / 4), ridge, max(high, ridge * 4)]
-        axis.plot(xs, [min(tflops, x * gbps / 1e3) for x in xs], color="black", linewidth=1.2,
-                  label=f"roof {tflops:g} TFLOP/s, {gbps:g} GB/s")
-    axis.set(xscale="log", yscale="log", xlabel="arithmetic intensity (FLOP/byte)", ylabel="achieved TFLOP/s",
-             title="Roofline")
-    axis.grid(True, which="both", alpha=0.3)
-    if axis.get_legend_handles_labels()[0]:
-        axis.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    with _figure(path, figsize=(7.5, 5.5)) as (_, axis):
+        measured = [p for p in points if p.get("achieved_tflops") and p.get("arithmetic_intensity")]
+        for label in sorted({_series_label(p, runs) for p in measured}):
+            chosen = [p for p in measured if _series_label(p, runs) == label]
+            axis.scatter([p["arithmetic_intensity"] for p in chosen], [p["achieved_tflops"] for p in chosen],
+                         label=label, s=25)
+        intensities = [p["arithmetic_intensity"] for p in measured] or [1.0]
+        low, high = min(intensities) / 4, max(intensities) * 4
+        for tflops, gbps in sorted({(p["peak_tflops"], p["peak_gbps"]) for p in measured if p.get("peak_tflops")}):
+            ridge = tflops * 1e3 / gbps
+            xs = [min(low, ridge / 4), ridge, max(high, ridge * 4)]
+            axis.plot(xs, [min(tflops, x * gbps / 1e3) for x in xs], color="black", linewidth=1.2,
+                      label=f"roof {tflops:g} TFLOP/s, {gbps:g} GB/s")
+        axis.set(xscale="log", yscale="log", xlabel="arithmetic intensity (FLOP/byte)", ylabel="achieved TFLOP/s",
+                 title="Roofline")
+        axis.grid(True, which="both", alpha=0.3)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=7)
 
 
 def write_report(run_paths: list[str], out: str | Path) -> list[Path]:
@@ -195,7 +189,7 @@ def write_report(run_paths: list[str], out: str | Path) -> list[Path]:
         "## Points", "",
         report_table(points), "",
         "AI: analytic arithmetic intensity of the whole generation; AI paper: the seed paper's Appendix A closed "
-        "form; roofline %: measured tokens/s over the roofline-attainable tokens/s.",
+        "form (none for caching strategies); roofline %: measured tokens/s over the roofline-attainable tokens/s.",
     ]
     markdown = folder / "report.md"
     atomic_write_text(markdown, "\n".join(lines) + "\n")

@@ -147,12 +147,9 @@ def forward_cost(spec: ModelSpec, shape: ForwardShape, batch: int, dtype: str) -
     return Cost(float(flops), float(moved))
 
 
-def attainable_seconds(spec: ModelSpec, shapes: Iterable[ForwardShape], batch: int, dtype: str, peaks: Peaks) -> float:
-    total = 0.0
-    for shape in shapes:
-        cost = forward_cost(spec, shape, batch, dtype)
-        total += max(cost.flops / (peaks.tflops * 1e12), cost.bytes / (peaks.gbps * 1e9))
-    return total
+def attainable_seconds(costs: Iterable[Cost], peaks: Peaks) -> float:
+    """Each forward at the lower of its two roofs, summed."""
+    return sum(max(cost.flops / (peaks.tflops * 1e12), cost.bytes / (peaks.gbps * 1e9)) for cost in costs)
 
 
 def roofline_fields(spec: ModelSpec, shapes: tuple[ForwardShape, ...], batch: int, gen_len: int, dtype: str,
@@ -179,7 +176,7 @@ def roofline_fields(spec: ModelSpec, shapes: tuple[ForwardShape, ...], batch: in
     fields |= {"achieved_tflops": total.flops / latency_s / 1e12, "achieved_gbps": total.bytes / latency_s / 1e9}
     if peaks is None:
         return fields
-    attainable = attainable_seconds(spec, shapes, batch, dtype, peaks)
+    attainable = attainable_seconds((cost for _, cost in costs), peaks)
     fields |= {
         "peak_tflops": peaks.tflops,
         "peak_gbps": peaks.gbps,
