@@ -77,7 +77,10 @@ def _noise(args: argparse.Namespace) -> int:
 
 def _merge(args: argparse.Namespace) -> int:
     merged, replaced = merge_runs(args.runs, replace=args.replace, allow_mismatch=args.allow_mismatch)
-    atomic_write_text(args.out, json.dumps(merged, indent=4))
+    try:
+        atomic_write_text(args.out, json.dumps(merged, indent=4))
+    except OSError as error:
+        raise RunFileError(f"{args.out}: cannot be written ({error.strerror or error})") from None
     for line in replaced:
         print(f"replaced {line}")
     print(f"{args.out}: {len(merged['benchmarks'])} finished and {len(merged[FAILED_KEY])} failed points "

@@ -170,6 +170,9 @@ def test_cli_merge_joins_invocations_and_refuses_duplicates_and_mismatches(tmp_p
     assert main(["merge", str(first), str(other), "--out", str(tmp_path / "x.json")]) == 2
     assert "machine or software differs" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
+    (tmp_path / "file").write_text("")
+    assert main(["merge", str(first), "--out", str(tmp_path / "file" / "m.json")]) == 2
+    assert f"{tmp_path / 'file' / 'm.json'}: cannot be written" in capsys.readouterr().err
 
 
 def test_atomic_writes_leave_old_content_when_interrupted(tmp_path, monkeypatch):
