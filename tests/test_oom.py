@@ -57,3 +57,36 @@ def test_injected_oom_is_saved_skipped_and_the_run_goes_on(pytester):
     assert error["status"] == "error" and "illegal memory access" in error["message"]
     points = load_run(saved).points
     assert points["test_injected.py::test_point[4]"]["status"] == "oom" and len(points) == 4
+
+
+REAL_CUDA_OOM = """
+import pytest
+import torch
+from pytest_dlmbench.grid import BenchPoint
+
+allocated_before = []
+
+@pytest.mark.parametrize("batch", [1, 200_000, 1], ids=["before", "oom", "after"])
+def test_point(dlm_bench, batch):
+    allocated_before.append(torch.cuda.memory_allocated())
+    dlm_bench(BenchPoint("ar", "tiny-ar", 8, 16, batch))
+    if len(allocated_before) == 3:
+        assert allocated_before[2] == allocated_before[0], allocated_before
+"""
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_real_cuda_oom_leaves_later_points_unaffected(pytester):
+    """A genuine allocator OOM on the GPU (batch 200k under a 1 GiB cap) between two identical
+    points: the later one starts from the same allocated and device-wide memory, peaks the same."""
+    pytester.makepyfile(test_cuda_oom=REAL_CUDA_OOM)
+    result = pytester.runpytest("--dlm-device=cuda", "--dlm-memory-limit=1", "--dlm-rounds=1",
+                                "--benchmark-json=run.json", "-p", "no:cacheprovider", "-rs")
+    result.assert_outcomes(passed=2, skipped=1)
+    data = json.loads((pytester.path / "run.json").read_text())
+    before, after = (b["extra_info"] for b in data["benchmarks"])
+    [oom] = (entry["extra_info"] for entry in data["dlmbench_failed"])
+    print({key: (before[key], after[key]) for key in ("peak_mem_allocated_bytes", "nvml_baseline_used_bytes")})
+    assert oom["status"] == "oom" and "out of memory" in oom["message"].lower()
+    assert after["peak_mem_allocated_bytes"] == before["peak_mem_allocated_bytes"]
+    assert abs(after["nvml_baseline_used_bytes"] - before["nvml_baseline_used_bytes"]) <= 32 * 2**20
