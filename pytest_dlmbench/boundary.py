@@ -119,8 +119,9 @@ def apply_memory_limit(gib: float | None, device: torch.device) -> None:
         return
     import torch
 
-    total = torch.cuda.get_device_properties(device).total_memory
-    torch.cuda.set_per_process_memory_fraction(min(1.0, gib * 2**30 / total), device)
+    index = device.index if device.index is not None else torch.cuda.current_device()  # "cuda" has no index
+    total = torch.cuda.get_device_properties(index).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, gib * 2**30 / total), index)
 
 
 def device_memory_bytes(settings: Settings) -> int:
@@ -186,6 +187,7 @@ class BoundaryRunner:
             "first_oom_batch": boundary.first_oom_batch,
             "boundary_probes": len(boundary.probes),
             "boundary_probe_batches": [p.batch_size for p in boundary.probes],
+            "boundary_probe_peak_bytes": [p.peak_allocated_bytes for p in boundary.probes],
             "memory_limit_gib": settings.memory_limit_gib,
             "isolated_probes": settings.isolate_probes,
             "predicted_max_batch": predicted_max_batch(spec, phases, settings.dtype, device_memory_bytes(settings)),
