@@ -91,6 +91,7 @@ class PointRunner:
                 self.keep(PointMetrics.failed(point, describe, *failure, memory_now(self.settings.torch_device)))
                 raise
         if failure is not None:  # outside the except block, so the failed frames' tensors are freed
+            del run_once, prime  # pytest keeps this frame alive with the skip: drop the point's prompts now
             memory = memory_now(self.settings.torch_device)
             release_memory(self.settings.torch_device)
             self.keep(PointMetrics.failed(point, describe, *failure, memory))
