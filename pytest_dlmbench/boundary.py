@@ -199,7 +199,6 @@ class BoundaryRunner:
         found |= {"peak_mem_at_max_bytes": at_max.peak_allocated_bytes if at_max is not None else None,
                   "probe_ms_per_forward_at_max": at_max.forward_ms if at_max is not None else None,
                   "estimated_generation_s": estimate_s}
-        self.bench.benchmark.extra_info.update(found)
         at_batch = dataclasses.replace(point, batch_size=max(1, boundary.max_batch_size))
         if boundary.max_batch_size == 0 or (estimate_s is not None and estimate_s > settings.max_time_s):
             from pytest_dlmbench.memory import MemoryReport
@@ -214,10 +213,11 @@ class BoundaryRunner:
                     f"boundary {boundary_id(point)}: max batch {boundary.max_batch_size}; a full generation there "
                     f"would take ~{estimate_s:.0f} s, over --dlm-max-time={settings.max_time_s:g}: not timed")
             memory = MemoryReport(peak_allocated_bytes=found["peak_mem_at_max_bytes"])
-            self.bench.keep(dataclasses.replace(PointMetrics.failed(at_batch, describe, status, reason, memory),
-                                                extra=found))
+            self.bench.keep(PointMetrics.failed(at_batch, describe, status, reason, memory, found))
             pytest.skip(reason)
-        metrics = self.bench(at_batch)
+        # the full generation is the check: if it runs out of memory where the probe fitted, the point
+        # is saved "oom" with the search (allocator fragmentation can do that: see the README)
+        metrics = self.bench(at_batch, extra=found)
         full_peak = metrics.peak_mem_allocated_bytes
         if full_peak and at_max is not None and at_max.peak_allocated_bytes:  # how well the probe predicts the peak
             self.bench.benchmark.extra_info["probe_to_full_peak_ratio"] = at_max.peak_allocated_bytes / full_peak

@@ -8,8 +8,9 @@ where a point would run out of memory on cards that are not present.
   DynamicCache grows, one layer exists twice for a moment (the concatenation copy);
 - activations: tokens in the forward x (4 x hidden + 3 x FFN) x dtype bytes (residual stream,
   attention input/output and the MLP's gate, up and activated tensors alive together);
-- logits: positions whose logits are computed x vocab x (dtype bytes + 8) (the logits, their
-  float32 copy and its softmax).
+- logits: positions whose logits are computed x vocab x dtype bytes, alive with the last
+  activations; after the forward, scoring adds their float32 copy and its softmax (+8 bytes), when
+  the activations are gone: the larger of the two stages counts.
 Each paradigm names its phases (cached positions, forward tokens, logit positions) in
 `memory_phases()`. The estimate ignores allocator rounding and fragmentation and the CUDA context.
 """
@@ -47,8 +48,11 @@ def predicted_peak_bytes(spec: ModelSpec, phases: list[Phase], batch_size: int, 
     layer_kv = 2 * spec.num_kv_heads * spec.head_dim * size  # bytes per cached position and layer
     per_sequence = max(
         phase.cached_positions * layer_kv * (spec.num_layers + 1)
-        + phase.forward_tokens * (4 * spec.hidden_size + 3 * spec.intermediate_size) * size
-        + phase.logit_positions * spec.vocab_size * (size + 8)
+        + max(  # in the forward: activations and the logits; after it: the logits and their scoring
+            phase.forward_tokens * (4 * spec.hidden_size + 3 * spec.intermediate_size) * size
+            + phase.logit_positions * spec.vocab_size * size,
+            phase.logit_positions * spec.vocab_size * (size + 8),
+        )
         for phase in phases
     )
     return parameter_count(spec) * size + batch_size * per_sequence

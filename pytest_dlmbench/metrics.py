@@ -80,6 +80,7 @@ class PointMetrics:
         memory: MemoryReport,
         warmup_rounds: int,
         token_agreement: float | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> PointMetrics:
         """Derive every rate from raw readings of one point; `describe` carries the labels."""
         latency = statistics.median(latencies_s) if latencies_s else None
@@ -114,12 +115,13 @@ class PointMetrics:
             round_latencies_s=tuple(latencies_s),
             token_agreement=token_agreement,
             measured_to_predicted=measured / predicted if measured and predicted else None,
+            extra=dict(extra or {}),
             **describe,
         )
 
     @classmethod
     def failed(cls, point: BenchPoint, describe: dict[str, Any], status: str, message: str,
-               memory: MemoryReport) -> PointMetrics:
+               memory: MemoryReport, extra: dict[str, Any] | None = None) -> PointMetrics:
         """A point that did not finish: no rates, the memory reading at the failure, the message."""
         return cls(
             paradigm=point.paradigm, strategy=point.strategy, model=point.model, prompt_len=point.prompt_len,
@@ -127,7 +129,7 @@ class PointMetrics:
             latency_s=None, nfe=None, tokens_per_forward=None, ms_per_forward=None, prefill_ms=None,
             peak_mem_allocated_bytes=memory.peak_allocated_bytes, peak_mem_reserved_bytes=memory.peak_reserved_bytes,
             nvml_peak_used_bytes=memory.nvml_peak_used_bytes, peak_rss_bytes=memory.peak_rss_bytes,
-            status=status, message=message, **describe,
+            status=status, message=message, extra=dict(extra or {}), **describe,
         )
 
     @property

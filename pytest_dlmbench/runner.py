@@ -77,9 +77,11 @@ class PointRunner:
         self.baselines = baselines if baselines is not None else {}  # shape key -> baseline strategy's tokens
         self._gsm8k: tuple[list[dict[str, Any]], list[dict[str, Any]]] | None = None
 
-    def __call__(self, point: BenchPoint, generate: GenerateFn | None = None, vocab_size: int | None = None) -> PointMetrics:
+    def __call__(self, point: BenchPoint, generate: GenerateFn | None = None, vocab_size: int | None = None,
+                 extra: dict[str, Any] | None = None) -> PointMetrics:
         """Measure one point. An out-of-memory point is recorded (status "oom") and skipped; any
-        other failure is recorded (status "error") and raised."""
+        other failure is recorded (status "error") and raised. `extra` is saved with the point,
+        whatever its status."""
         progress = Progress(self.write_line, point.id)
         run_once, describe, decoder, prime = self._prepare(point, generate, vocab_size, progress)
         failure: tuple[str, str] | None = None
@@ -88,13 +90,13 @@ class PointRunner:
         except Exception as error:  # noqa: BLE001 - every failure becomes a recorded result
             failure = ("oom" if is_out_of_memory(error) else "error", f"{type(error).__name__}: {error}")
             if failure[0] == "error":
-                self.keep(PointMetrics.failed(point, describe, *failure, memory_now(self.settings.torch_device)))
+                self.keep(PointMetrics.failed(point, describe, *failure, memory_now(self.settings.torch_device), extra))
                 raise
         if failure is not None:  # outside the except block, so the failed frames' tensors are freed
             del run_once, prime  # pytest keeps this frame alive with the skip: drop the point's prompts now
             memory = memory_now(self.settings.torch_device)
             release_memory(self.settings.torch_device)
-            self.keep(PointMetrics.failed(point, describe, *failure, memory))
+            self.keep(PointMetrics.failed(point, describe, *failure, memory, extra))
             pytest.skip(f"OOM: {point.id} ({failure[1].splitlines()[0][:200]})")
 
         forward_ms: dict[str, list[float]] = {}
@@ -104,6 +106,7 @@ class PointRunner:
         metrics = PointMetrics.from_run(
             point, describe=describe, latencies_s=latencies, nfe=results[-1].nfe or None, forward_ms=forward_ms,
             memory=memory, warmup_rounds=self.settings.warmup, token_agreement=self._agreement(point, results[-1].tokens),
+            extra=extra,
         )
         self.benchmark.extra_info.update(metrics.to_extra_info())
         if decoder is not None:  # built-in paradigms know the shape of every forward

@@ -45,17 +45,31 @@ def test_probes_are_a_few_forwards(model_name, strategy, most_forwards):
 
 
 CONFTEST = """
+import pytest
 import torch
 from pytest_dlmbench.paradigms.ar import AutoregressiveDecoder
 
-real_probe = AutoregressiveDecoder.probe
+FITS = 5  # a device that holds this many sequences and no more
+FULL_GENERATION_FITS = True
 
-def probe(self, model, spec, prompt_ids, gen_len, log):
-    if prompt_ids.shape[0] > 5:  # a device that holds 5 sequences and no more
-        raise torch.OutOfMemoryError("CUDA out of memory (injected)")
-    return real_probe(self, model, spec, prompt_ids, gen_len, log)
+@pytest.fixture(autouse=True, scope="session")
+def small_device():
+    real_probe, real_generate = AutoregressiveDecoder.probe, AutoregressiveDecoder.generate
 
-AutoregressiveDecoder.probe = probe
+    def probe(self, model, spec, prompt_ids, gen_len, log):
+        if prompt_ids.shape[0] > FITS:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return real_probe(self, model, spec, prompt_ids, gen_len, log)
+
+    def generate(self, model, spec, prompt_ids, gen_len, log):
+        if prompt_ids.shape[0] == FITS and not FULL_GENERATION_FITS:  # the probe fitted (fragmentation)
+            raise torch.OutOfMemoryError("CUDA out of memory (injected in the full generation)")
+        return real_generate(self, model, spec, prompt_ids, gen_len, log)
+
+    with pytest.MonkeyPatch.context() as patch:  # undone after the run: pytester runs share modules
+        patch.setattr(AutoregressiveDecoder, "probe", probe)
+        patch.setattr(AutoregressiveDecoder, "generate", generate)
+        yield
 """
 BOUNDARY_TEST = """
 def test_oom_boundary(dlm_boundary, dlm_boundary_point):
@@ -100,7 +114,7 @@ def test_a_boundary_too_slow_to_generate_in_full_is_saved_untimed(pytester):
 
 
 def test_a_point_that_never_fits_is_saved_as_oom(pytester):
-    pytester.makeconftest(CONFTEST.replace("> 5", "> 0"))
+    pytester.makeconftest(CONFTEST.replace("FITS = 5", "FITS = 0"))
     pytester.makepyfile(test_boundary_run=BOUNDARY_TEST + GRID_TEST)
     result = pytester.runpytest("--dlm-boundary", "--dlm-paradigms=ar", "--dlm-prompt=16", "--dlm-gen=32",
                                 "--dlm-batch=1", "--dlm-max-batch=8", "--dlm-isolate=off", "--dlm-rounds=1",
@@ -111,6 +125,20 @@ def test_a_point_that_never_fits_is_saved_as_oom(pytester):
     info = failed["extra_info"]
     assert failed["name"] == "test_oom_boundary[ar-tiny-ar-p16-g32]" and info["status"] == "oom"
     assert info["max_batch_size"] == 0 and info["first_oom_batch"] == 1 and info["batch_size"] == 1
+
+
+def test_a_full_generation_that_runs_out_of_memory_keeps_the_search(pytester):
+    pytester.makeconftest(CONFTEST.replace("FULL_GENERATION_FITS = True", "FULL_GENERATION_FITS = False"))
+    pytester.makepyfile(test_boundary_run=BOUNDARY_TEST)
+    result = pytester.runpytest("--dlm-boundary", "--dlm-paradigms=ar", "--dlm-prompt=16", "--dlm-max-batch=64",
+                                "--dlm-isolate=off", "--dlm-rounds=1", "--benchmark-json=out.json",
+                                "-p", "no:cacheprovider", "-rs")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["*OOM: ar-tiny-ar-p16-g32-b5 (OutOfMemoryError: *in the full generation*"])
+    [failed] = json.loads((pytester.path / "out.json").read_text())["dlmbench_failed"]
+    info = failed["extra_info"]
+    assert info["status"] == "oom" and info["batch_size"] == 5
+    assert info["max_batch_size"] == 5 and info["first_oom_batch"] == 6 and info["probe_ms_per_forward_at_max"] > 0
 
 
 def test_boundary_is_off_unless_asked(pytester):
