@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
@@ -36,6 +37,10 @@ if TYPE_CHECKING:
 # A user's generate callable: prompt ids (batch, prompt_len) -> ids (batch, gen_len), or a
 # GenerationResult when it also knows its forward count.
 GenerateFn = Callable[["torch.Tensor"], "torch.Tensor | GenerationResult"]
+
+
+class RoundsWarning(UserWarning):
+    """The time budget left a point fewer timed rounds than asked for."""
 
 
 class Progress:
@@ -190,6 +195,12 @@ class PointRunner:
             rounds = settings.rounds
             if warm_s is not None:  # the time budget decides how many rounds this point gets
                 rounds = max(1, min(settings.rounds, math.floor(settings.max_time_s / warm_s)))
+                if rounds < settings.rounds:
+                    warnings.warn(
+                        f"{progress.label}: {rounds} of --dlm-rounds={settings.rounds} timed rounds fit in "
+                        f"--dlm-max-time={settings.max_time_s:g} s after a {warm_s:.1f} s warm-up generation; the "
+                        "gate needs 4 rounds a side to call a change significant (raise --dlm-max-time, or "
+                        "--dlm-warmup=2 if the first generation is slow because it is cold)", RoundsWarning, stacklevel=2)
 
             results: list[GenerationResult] = []
             latencies: list[float] = []

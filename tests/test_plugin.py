@@ -87,8 +87,14 @@ def test_terminal_summary_lists_every_point(pytester):
                                  "ar*baseline*tiny-ar*16*32*1*", "dlm*tiny-dlm*", "block*tiny-block*"])
 
 
-def test_rounds_follow_the_time_budget(pytester):
-    data = run_json(pytester, *SMALL, "--dlm-rounds=5", "--dlm-max-time=0.000001", "--dlm-paradigms=ar")
+def test_rounds_follow_the_time_budget_and_a_cut_is_a_warning(pytester):
+    pytester.makepyfile(test_grid=GRID_TEST)
+    result = pytester.runpytest("--benchmark-json=out.json", *SMALL, "--dlm-rounds=5", "--dlm-max-time=0.000001",
+                                "--dlm-paradigms=ar")
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines(["*RoundsWarning: ar-tiny-ar-p16-g32-b1: 1 of --dlm-rounds=5 timed rounds fit in "
+                                 "--dlm-max-time=1e-06 s after a * s warm-up generation*"])
+    data = json.loads((pytester.path / "out.json").read_text())
     assert [b["extra_info"]["rounds"] for b in data["benchmarks"]] == [1]
 
 
