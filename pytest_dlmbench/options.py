@@ -181,6 +181,9 @@ def add_options(parser: pytest.Parser) -> None:
     add("--dlm-allow-mismatch", action="store_true", default=False,
         help="Gate against a baseline from a different GPU or software versions. Default: refuse.")
     add("--dlm-seed", type=_non_negative_int, default=0, help="Seed for random weights and prompts. Default: 0.")
+    add("--dlm-journal", default=None, metavar="PATH",
+        help="Append each point to PATH (a new file, one JSON line per point) as soon as it ends, so a killed "
+        "run keeps what it measured; `dlmbench merge PATH --out RUN.json` makes it a run file. Default: off.")
 
 
 @dataclass(frozen=True)
@@ -213,6 +216,7 @@ class Settings:
     measure_ceilings: bool = False
     gate: tuple[GateRule, ...] = ()
     baseline: str | None = None
+    journal: str | None = None
     allow_mismatch: bool = False
     seed: int = 0
 
@@ -248,6 +252,7 @@ class Settings:
             measure_ceilings=option("dlm_measure_ceilings"),
             gate=tuple(option("dlm_gate")),
             baseline=option("dlm_baseline"),
+            journal=option("dlm_journal"),
             allow_mismatch=option("dlm_allow_mismatch"),
             seed=option("dlm_seed"),
         )

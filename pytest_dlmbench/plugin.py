@@ -21,6 +21,7 @@ from pytest_dlmbench.options import Settings, add_options
 if TYPE_CHECKING:
     from pytest_dlmbench.boundary import BoundaryRunner
     from pytest_dlmbench.gate import Verdict
+    from pytest_dlmbench.journal import Journal
     from pytest_dlmbench.loader import ModelCache
     from pytest_dlmbench.memory import MemoryTracker
     from pytest_dlmbench.roofline import Peaks
@@ -34,6 +35,7 @@ SELECTION_ERROR = pytest.StashKey[str]()
 RESULTS = pytest.StashKey[dict[str, PointMetrics]]()  # test id -> metrics
 BASELINES = pytest.StashKey[dict]()  # shape key -> baseline strategy's tokens, for token_agreement
 GATE_BASELINE = pytest.StashKey["SavedRun"]()
+JOURNAL = pytest.StashKey["Journal"]()
 VERDICTS = pytest.StashKey[list["Verdict"]]()
 
 
@@ -51,9 +53,37 @@ def pytest_configure(config: pytest.Config) -> None:
             stacklevel=2)
     config.stash[RESULTS] = {}
     config.stash[BASELINES] = {}
+    if settings.journal is not None and not hasattr(config, "workerinput"):  # xdist workers: no timings to keep
+        config.stash[JOURNAL] = _open_journal(config, settings.journal)
     from pytest_dlmbench.store import install_exclusive_save
 
     install_exclusive_save()
+
+
+def _open_journal(config: pytest.Config, path: str) -> Journal:
+    """A journal for a new file at `path`; an existing file (another run's points) is never touched."""
+    from pathlib import Path
+
+    from pytest_dlmbench.journal import Journal
+    from pytest_dlmbench.store import SCHEMA_KEY, SCHEMA_VERSION
+
+    if Path(path).exists():
+        raise pytest.UsageError(f"--dlm-journal={path}: the file exists; remove it or name a new one")
+    if not Path(path).parent.is_dir():
+        raise pytest.UsageError(f"--dlm-journal={path}: the folder {Path(path).parent} does not exist")
+
+    def header() -> dict[str, Any]:
+        from datetime import datetime, timezone
+
+        from pytest_benchmark import __version__ as benchmark_version
+
+        machine = config.hook.pytest_benchmark_generate_machine_info(config=config)
+        config.hook.pytest_benchmark_update_machine_info(config=config, machine_info=machine)
+        return {"machine_info": machine, "commit_info": config.hook.pytest_benchmark_generate_commit_info(config=config),
+                "datetime": datetime.now(timezone.utc).isoformat(), "version": benchmark_version,
+                SCHEMA_KEY: SCHEMA_VERSION}
+
+    return Journal(path, header)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -102,6 +132,8 @@ def pytest_sessionfinish(session: pytest.Session) -> Iterator[None]:
     if benchmarks is not None and not benchmarks.benchmarks and config.stash.get(RESULTS, None):
         benchmarks.benchmarks = _UnfinishedPointsOnly()
     _gate(session)
+    if JOURNAL in config.stash:
+        config.stash[JOURNAL].close()
     yield
 
 
@@ -217,15 +249,28 @@ def gpu_memory(dlm_settings: Settings) -> Callable[[], MemoryTracker]:
 def dlm_bench(
     benchmark: Any, dlm_settings: Settings, dlm_model: ModelCache, dlm_peaks: Peaks | None, pytestconfig: pytest.Config,
     request: pytest.FixtureRequest,
-) -> PointRunner:
+) -> Iterator[PointRunner]:
     """Runs one point: ``dlm_bench(dlm_point)`` or ``dlm_bench(point, generate=fn, vocab_size=n)``."""
     from pytest_dlmbench.runner import PointRunner
 
     def record(metrics: PointMetrics) -> None:
         pytestconfig.stash[RESULTS][request.node.nodeid] = metrics
 
-    return PointRunner(benchmark, dlm_settings, dlm_model, _line_writer(pytestconfig), record,
-                       pytestconfig.stash[BASELINES], dlm_peaks)
+    yield PointRunner(benchmark, dlm_settings, dlm_model, _line_writer(pytestconfig), record,
+                      pytestconfig.stash[BASELINES], dlm_peaks)
+    metrics = pytestconfig.stash[RESULTS].get(request.node.nodeid)
+    if JOURNAL in pytestconfig.stash and metrics is not None:  # the point as the saved file will hold it
+        _journal_point(pytestconfig.stash[JOURNAL], request.node.nodeid, metrics, benchmark)
+
+
+def _journal_point(journal: Journal, test_id: str, metrics: PointMetrics, benchmark: Any) -> None:
+    from pytest_dlmbench.store import FAILED_KEY
+
+    stats = getattr(benchmark, "stats", None)
+    if metrics.status == "ok" and stats is not None and not getattr(stats, "has_error", False):
+        journal.append("benchmarks", stats.as_dict(include_data=True))
+    elif metrics.status != "ok":
+        journal.append(FAILED_KEY, failed_entry(test_id, metrics))
 
 
 @pytest.fixture
@@ -247,10 +292,13 @@ def pytest_benchmark_update_json(config: pytest.Config, output_json: dict[str, A
     from pytest_dlmbench.store import FAILED_KEY, SCHEMA_KEY, SCHEMA_VERSION
 
     output_json[SCHEMA_KEY] = SCHEMA_VERSION
-    output_json[FAILED_KEY] = [
-        {"fullname": test_id, "name": test_id.rpartition("::")[2], "extra_info": metrics.to_extra_info()}
-        for test_id, metrics in config.stash.get(RESULTS, {}).items() if metrics.status != "ok"
-    ]
+    output_json[FAILED_KEY] = [failed_entry(test_id, metrics)
+                               for test_id, metrics in config.stash.get(RESULTS, {}).items() if metrics.status != "ok"]
+
+
+def failed_entry(test_id: str, metrics: PointMetrics) -> dict[str, Any]:
+    """A point that did not finish, as saved under `dlmbench_failed`."""
+    return {"fullname": test_id, "name": test_id.rpartition("::")[2], "extra_info": metrics.to_extra_info()}
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:

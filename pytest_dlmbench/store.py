@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pytest_dlmbench.journal import is_journal, journal_document
+
 SCHEMA_KEY = "dlmbench_schema"
 FAILED_KEY = "dlmbench_failed"  # points that ran out of memory or failed: pytest-benchmark keeps only finished ones
 SCHEMA_VERSION = 1
@@ -34,7 +36,8 @@ class SavedRun:
 
 def read_run_document(path: str | Path) -> dict[str, Any]:
     """The JSON of a file written by `--benchmark-save` or `--benchmark-json` with this plugin
-    active, checked: every problem is a `RunFileError` naming the file."""
+    active, or the run a `--dlm-journal` stands for, checked: every problem is a `RunFileError`
+    naming the file."""
     name = str(path)
     try:
         text = Path(path).read_text(encoding="utf8")
@@ -43,9 +46,11 @@ def read_run_document(path: str | Path) -> dict[str, Any]:
     if not text.strip():
         raise RunFileError(f"{name}: the file is empty")
     try:
-        data = json.loads(text)
+        data = journal_document(text) if is_journal(text) else json.loads(text)
     except json.JSONDecodeError as error:
         raise RunFileError(f"{name}: not valid JSON, truncated or corrupt ({error.msg} at line {error.lineno})") from None
+    except (KeyError, TypeError, AttributeError) as error:
+        raise RunFileError(f"{name}: a journal line is not a point record ({error!r})") from None
     if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list):
         raise RunFileError(f"{name}: not a pytest-benchmark file (no 'benchmarks' list)")
     schema = data.get(SCHEMA_KEY)
