@@ -41,7 +41,8 @@ def test_a_killed_run_keeps_its_journal(pytester):
                            "--benchmark-json=run.json", "-p", "no:cacheprovider", "-q"],
                           cwd=pytester.path, capture_output=True, text=True)
     assert done.returncode == -9, done.stdout
-    assert (pytester.path / "run.json").read_bytes() == b""  # what pytest-benchmark leaves behind
+    saved = pytester.path / "run.json"  # pytest-benchmark 5.2 creates it empty at start-up, 5.3 not at all
+    assert not saved.exists() or saved.read_bytes() == b""
 
     run = load_run(pytester.path / "points.jsonl")
     assert {test: info["status"] for test, info in run.points.items()} == {
