@@ -20,7 +20,8 @@ SCHEMA_KEY = "dlmbench_schema"
 FAILED_KEY = "dlmbench_failed"  # points that ran out of memory or failed: pytest-benchmark keeps only finished ones
 SCHEMA_VERSION = 1
 # machine_info["dlmbench"] fields that must agree for two runs to be comparable.
-MATCHED_MACHINE_FIELDS = ("gpu_name", "gpu_count", "device", "dtype", "torch", "transformers", "cuda")
+MATCHED_MACHINE_FIELDS = ("gpu_name", "gpu_count", "device", "dtype", "torch", "transformers", "cuda",
+                          "pytorch_cuda_alloc_conf")  # the allocator's settings move memory peaks and OOM boundaries
 
 
 class RunFileError(ValueError):

@@ -144,6 +144,8 @@ def test_cli_refuses_a_machine_mismatch(tmp_path, capsys):
     assert "gpu_name: 'NVIDIA H100 80GB HBM3' != 'NVIDIA A100-SXM4-80GB'" in capsys.readouterr().err
     assert main(["compare", str(base), str(other), "--allow-mismatch"]) == 0
     assert machine_mismatch({"torch": "1"}, {"torch": "1"}) == []
+    assert machine_mismatch({"pytorch_cuda_alloc_conf": None}, {"pytorch_cuda_alloc_conf": "expandable_segments:True"}) \
+        == ["pytorch_cuda_alloc_conf: None != 'expandable_segments:True'"]
 
 
 def test_cli_merge_joins_invocations_and_refuses_duplicates_and_mismatches(tmp_path, capsys):
