@@ -33,15 +33,27 @@ def test_search_finds_an_injected_boundary_exactly_with_log_probes(boundary, max
 
 @pytest.mark.parametrize(("model_name", "strategy", "most_forwards"), [
     ("tiny-ar", "baseline", 3), ("tiny-dlm", "baseline", 3), ("tiny-dlm", "dual_cache", 3),
-    ("tiny-block", "baseline", 2 * 32 + 2), ("tiny-block", "parallel+subblock_cache", 2 * 32 + 2),
+    ("tiny-block", "baseline", 2 * 4 * 2 + 2), ("tiny-block", "parallel+subblock_cache", 2 * 4 * 3 + 2),
 ])
-def test_probes_are_a_few_forwards(model_name, strategy, most_forwards):
+@pytest.mark.parametrize("prompt_len", [40, 64])  # the last block partial, and whole
+def test_probes_are_a_few_forwards_and_run_every_forward_shape_of_the_peak(model_name, strategy, most_forwards,
+                                                                           prompt_len):
+    """A probe reaches the peak if it runs every forward shape the full generation runs on its
+    largest context (and the prefill): the memory of a forward follows from its shape."""
     spec, model = tiny(model_name)
-    log = new_log()
     paradigm = make_paradigm(spec.paradigm, DecodeOptions(tpf=3.0), strategy)
+    probe_log, full_log = new_log(), new_log()
     with torch.inference_mode():
-        paradigm.probe(model, spec, prompt(spec, 2, 40), 256, log)
-    assert 1 <= log.nfe <= most_forwards
+        paradigm.probe(model, spec, prompt(spec, 2, prompt_len), 256, probe_log)
+        paradigm.generate(model, spec, prompt(spec, 2, prompt_len), 256, full_log)
+    assert 1 <= probe_log.nfe <= most_forwards
+
+    def shapes(log, context):
+        return {(s.kind, s.tokens, s.logits, s.kv_written) for s in log.shapes if s.context == context or s.kind == "prefill"}
+
+    largest = max(s.context for s in full_log.shapes)
+    assert max(s.context for s in probe_log.shapes) == largest
+    assert shapes(full_log, largest) <= shapes(probe_log, largest)
 
 
 CONFTEST = """

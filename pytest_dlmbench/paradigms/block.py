@@ -97,14 +97,16 @@ class BlockDiffusionDecoder:
             raise DecodeError(f"subblock_len={subblock} must divide {spec.name}'s block size {spec.block_size}")
 
     def probe(self, model: PreTrainedModel, spec: ModelSpec, prompt_ids: torch.Tensor, gen_len: int, log: ForwardLog) -> None:
-        """The prefill, then the last two blocks on a cache padded to the length they start at."""
+        """The prefill, then the last two blocks on a cache padded to the length they start at, two
+        steps per sub-block (the first and a later one; the rest repeat their shapes)."""
         self.generate(model, spec, prompt_ids, gen_len, log, resume_blocks=2)
 
     def generate(
         self, model: PreTrainedModel, spec: ModelSpec, prompt_ids: torch.Tensor, gen_len: int, log: ForwardLog,
         resume_blocks: int | None = None,
     ) -> GenerationResult:
-        """`resume_blocks=n` decodes only the last n blocks, on a zero-padded cache (memory probes)."""
+        """`resume_blocks=n` decodes only the last n blocks, on a zero-padded cache, two steps per
+        sub-block (memory probes)."""
         import torch
         from transformers import DynamicCache
 
@@ -142,6 +144,9 @@ class BlockDiffusionDecoder:
                 counts = self.acceptance.counts(sub.stop - sub.start)
                 step = 0
                 while bool((x[:, sub] == mask_id).any()):
+                    if resume_blocks is not None and step == 2:  # a probe: later steps repeat these shapes
+                        x[:, sub] = x[:, sub].masked_fill(x[:, sub] == mask_id, 0)
+                        break
                     if not self.subblock_cache or step == 0 or self.refresh_every_step:
                         truncate(cache, start)
                         kind = "step" if not self.subblock_cache or step == 0 else "refresh"
