@@ -108,25 +108,30 @@ def machine_mismatch(baseline: dict[str, Any], current: dict[str, Any]) -> list[
             for field in MATCHED_MACHINE_FIELDS if baseline.get(field) != current.get(field)]
 
 
-def _readable_temporary(folder: Path, prefix: str) -> tuple[int, str]:
-    """mkstemp, with the permissions an ordinary new file would get (mkstemp's are 0600)."""
+def _written_temporary(folder: Path, prefix: str, text: str) -> str:
+    """`text` in a new hidden file in `folder`, on disk (fsynced), with the permissions an ordinary
+    new file would get (mkstemp's are 0600); the caller renames or links it into place."""
+    folder.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(temporary, 0o666 & ~umask)
-    return handle, temporary
+    try:
+        with os.fdopen(handle, "w", encoding="utf8") as stream:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(temporary, 0o666 & ~umask)
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return temporary
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write via a temporary file in the same folder and a rename: readers see old or new, never half."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = _readable_temporary(target.parent, f".{target.name}.")
+    temporary = _written_temporary(target.parent, f".{target.name}.", text)
     try:
-        with os.fdopen(handle, "w", encoding="utf8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
         os.replace(temporary, target)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -143,13 +148,8 @@ def exclusive_write_text(directory: str | Path, make_name: Callable[[int], str],
     different names can never share a key — e.g. the number of a saved run.
     """
     folder = Path(directory)
-    folder.mkdir(parents=True, exist_ok=True)
-    handle, temporary = _readable_temporary(folder, ".dlmbench.")
+    temporary = _written_temporary(folder, ".dlmbench.", text)
     try:
-        with os.fdopen(handle, "w", encoding="utf8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
         for attempt in range(10_000):
             name = make_name(attempt)
             if claim_key is not None:
