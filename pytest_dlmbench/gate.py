@@ -74,13 +74,23 @@ def samples(info: dict[str, Any], metric: str) -> list[float] | None:
     return [info["tokens_generated"] / value for value in rounds if value > 0]
 
 
+def smallest_p(base_rounds: int, new_rounds: int) -> float:
+    """The smallest one-sided Mann-Whitney p-value these sample sizes allow (all new worse)."""
+    return 1 / math.comb(base_rounds + new_rounds, base_rounds)
+
+
+def rounds_to_judge() -> int:
+    """The fewest rounds a side with which the test can reach `ALPHA` (4 at 0.05)."""
+    return next(rounds for rounds in range(1, 100) if smallest_p(rounds, rounds) < ALPHA)
+
+
 def mann_whitney_worse(base: list[float], new: list[float], direction: int) -> tuple[float, float]:
     """(p-value that `new` is worse than `base`, the smallest p-value these sample sizes allow)."""
     from scipy.stats import mannwhitneyu
 
     alternative = "less" if direction > 0 else "greater"
     p_value = float(mannwhitneyu(new, base, alternative=alternative, method="auto").pvalue)
-    return p_value, 1 / math.comb(len(base) + len(new), len(base))
+    return p_value, smallest_p(len(base), len(new))
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from pytest_dlmbench.gate import rounds_to_judge
 from pytest_dlmbench.grid import BenchPoint
 from pytest_dlmbench.memory import MemoryReport, MemoryTracker, is_out_of_memory, memory_now, release_memory
 from pytest_dlmbench.memory_model import predicted_peak_bytes
@@ -199,8 +200,9 @@ class PointRunner:
                     warnings.warn(
                         f"{progress.label}: {rounds} of --dlm-rounds={settings.rounds} timed rounds fit in "
                         f"--dlm-max-time={settings.max_time_s:g} s after a {warm_s:.1f} s warm-up generation; the "
-                        "gate needs 4 rounds a side to call a change significant (raise --dlm-max-time, or "
-                        "--dlm-warmup=2 if the first generation is slow because it is cold)", RoundsWarning, stacklevel=2)
+                        f"gate needs {rounds_to_judge()} rounds a side to call a change significant (raise "
+                        "--dlm-max-time, or --dlm-warmup=2 if the first generation is slow because it is cold)",
+                        RoundsWarning, stacklevel=2)
 
             results: list[GenerationResult] = []
             latencies: list[float] = []
