@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command")
     compare_cmd = commands.add_parser("compare", help="Gate NEW against BASE; exit 1 on a regression.")
-    compare_cmd.add_argument("base", help="baseline run (--benchmark-save or --benchmark-json file)")
+    compare_cmd.add_argument("base", help="baseline run (--benchmark-save, --benchmark-json or --dlm-journal file)")
     compare_cmd.add_argument("new", help="run to judge")
     compare_cmd.add_argument("--gate", type=_rule, action="append", metavar="METRIC:THRESHOLD",
                              help=f"rule, repeatable; e.g. tokens_per_s:5%%, latency_s:0.2. Default: {DEFAULT_GATE[0]}")
