@@ -67,6 +67,8 @@ def _open_journal(config: pytest.Config, path: str) -> Journal:
     from pytest_dlmbench.journal import Journal
     from pytest_dlmbench.store import SCHEMA_KEY, SCHEMA_VERSION
 
+    if not path or Path(path).is_dir():
+        raise pytest.UsageError(f"--dlm-journal={path!r}: needs the path of a new file, not a folder")
     if Path(path).exists():
         raise pytest.UsageError(f"--dlm-journal={path}: the file exists; remove it or name a new one")
     if not Path(path).parent.is_dir():

@@ -77,6 +77,8 @@ def test_an_existing_journal_is_never_overwritten(pytester):
     assert (pytester.path / "points.jsonl").read_text() == "another run's points\n"
     missing = pytester.runpytest("--dlm-journal=nowhere/points.jsonl", "-p", "no:cacheprovider")
     assert "--dlm-journal=nowhere/points.jsonl: the folder nowhere does not exist" in missing.stderr.str()
+    folder = pytester.runpytest("--dlm-journal=.", "-p", "no:cacheprovider")
+    assert "--dlm-journal='.': needs the path of a new file, not a folder" in folder.stderr.str()
 
 
 def test_a_line_cut_by_the_kill_is_dropped_and_a_corrupt_one_is_an_error(pytester):
