@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from pytest_benchmark.utils import safe_dumps
+
 JOURNAL_KEY = "dlmbench_journal"  # the header line's marker and format version
 JOURNAL_VERSION = 1
 
@@ -34,7 +36,7 @@ class Journal:
 
     def _write(self, record: dict[str, Any]) -> None:
         assert self._stream is not None
-        self._stream.write(json.dumps(record) + "\n")
+        self._stream.write(safe_dumps(record) + "\n")  # as pytest-benchmark saves: a parameter object is its repr
         self._stream.flush()
         os.fsync(self._stream.fileno())
 

@@ -13,6 +13,7 @@ import torch
 from helpers import new_log, prompt, tiny
 from pytest_dlmbench.boundary import ProbeResult, find_max_batch
 from pytest_dlmbench.paradigms import DecodeOptions, make_paradigm
+from pytest_dlmbench.store import load_run
 
 
 @pytest.mark.parametrize("boundary", [0, 1, 2, 37, 511, 512, 1000, 1024, 4096])
@@ -98,9 +99,11 @@ def test_boundary_benchmark_saves_the_search(pytester):
     pytester.makepyfile(test_boundary_run=BOUNDARY_TEST)
     result = pytester.runpytest("--dlm-boundary", "--dlm-paradigms=ar", "--dlm-prompt=16", "--dlm-max-batch=64",
                                 "--dlm-isolate=off", "--dlm-rounds=1", "--benchmark-json=out.json",
-                                "-p", "no:cacheprovider")
+                                "--dlm-journal=points.jsonl", "-p", "no:cacheprovider")
     assert result.ret == 0, result.stdout.str()
     [bench] = json.loads((pytester.path / "out.json").read_text())["benchmarks"]
+    journaled = load_run(pytester.path / "points.jsonl")  # its parameter, a BenchPoint, is no JSON type
+    assert journaled.points == load_run(pytester.path / "out.json").points
     info = bench["extra_info"]
     assert bench["name"] == "test_oom_boundary[ar-tiny-ar-p16-g32]"
     assert info["max_batch_size"] == 5 and info["first_oom_batch"] == 6 and info["batch_size"] == 5
