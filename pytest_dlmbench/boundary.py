@@ -33,9 +33,9 @@ class ProbeResult:
     prefill_ms: float = 0.0  # device time of its prefill, if it has one
 
     def generation_s(self, gen_len: int) -> float | None:
-        """A full generation's time at this batch, from above: the prefill, then one forward per
-        token at the probe's cost (a probe runs the most expensive steps; parallel strategies
-        need fewer forwards)."""
+        """A rough full generation's time at this batch, to decide whether to time it: the prefill,
+        then one forward per token at the probe's mean cost (no host time between forwards; parallel
+        strategies need fewer forwards)."""
         return None if self.forward_ms is None else (self.prefill_ms + self.forward_ms * gen_len) / 1e3
 
 
