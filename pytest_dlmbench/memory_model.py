@@ -5,7 +5,8 @@ where a point would run out of memory on cards that are not present.
 
 - weights: the parameter count (exact, from the shapes) x dtype bytes;
 - KV cache: cached positions x 2 (K, V) x layers x KV heads x head dim x dtype bytes; while a
-  DynamicCache grows, one layer exists twice for a moment (the concatenation copy);
+  DynamicCache grows, one layer exists twice for a moment (the concatenation copy), which a
+  forward that fills an empty cache does not make;
 - activations: tokens in the forward x (4 x hidden + 3 x FFN) x dtype bytes (residual stream,
   attention input/output and the MLP's gate, up and activated tensors alive together);
 - logits: positions whose logits are computed x vocab x dtype bytes, alive with the last
@@ -32,6 +33,7 @@ class Phase:
     cached_positions: int
     forward_tokens: int
     logit_positions: int
+    cache_grows: bool = True  # appends to a cache (one layer copied); False: fills an empty one
 
 
 def parameter_count(spec: ModelSpec) -> int:
@@ -47,7 +49,7 @@ def predicted_peak_bytes(spec: ModelSpec, phases: list[Phase], batch_size: int, 
     size = DTYPE_BYTES[dtype]
     layer_kv = 2 * spec.num_kv_heads * spec.head_dim * size  # bytes per cached position and layer
     per_sequence = max(
-        phase.cached_positions * layer_kv * (spec.num_layers + 1)
+        phase.cached_positions * layer_kv * (spec.num_layers + phase.cache_grows)
         + max(  # in the forward: activations and the logits; after it: the logits and their scoring
             phase.forward_tokens * (4 * spec.hidden_size + 3 * spec.intermediate_size) * size
             + phase.logit_positions * spec.vocab_size * size,

@@ -197,5 +197,8 @@ def test_memory_prediction_grows_with_batch_and_cache():
     assert weights == pytest.approx(8.016e9 * 2, rel=1e-3)
     assert predicted_peak_bytes(spec, plain, 16, "bf16") > predicted_peak_bytes(spec, plain, 1, "bf16") > weights
     assert predicted_peak_bytes(spec, cached, 16, "bf16") > predicted_peak_bytes(spec, plain, 16, "bf16")
+    # the cache is filled by one forward, with no layer copied: exactly its KV bytes per sequence
+    kv_bytes = (920 + 256) * spec.num_layers * 2 * spec.num_kv_heads * spec.head_dim * 2
+    assert predicted_peak_bytes(spec, cached, 1, "bf16") - predicted_peak_bytes(spec, plain, 1, "bf16") == kv_bytes
     fits = predicted_max_batch(spec, cached, "bf16", 24 * 2**30)
     assert predicted_peak_bytes(spec, cached, fits, "bf16") <= 24 * 2**30 < predicted_peak_bytes(spec, cached, fits + 1, "bf16")

@@ -40,7 +40,7 @@ class AutoregressiveDecoder:
 
     def memory_phases(self, spec: ModelSpec, prompt_len: int, gen_len: int) -> list[Phase]:
         # the prefill, then the last decode step on the full cache
-        return [Phase(prompt_len, prompt_len, 1), Phase(prompt_len + gen_len, 1, 1)]
+        return [Phase(prompt_len, prompt_len, 1, cache_grows=False), Phase(prompt_len + gen_len, 1, 1)]
 
     def generate(
         self, model: PreTrainedModel, spec: ModelSpec, prompt_ids: torch.Tensor, gen_len: int, log: ForwardLog

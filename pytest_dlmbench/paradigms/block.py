@@ -86,7 +86,7 @@ class BlockDiffusionDecoder:
         # the block-aligned prefill, then a block forward on the (almost) full cache
         aligned = prompt_len // spec.block_size * spec.block_size
         subblock = self.subblock_len or spec.subblock_size
-        return [Phase(aligned, aligned, 1), Phase(prompt_len + gen_len, spec.block_size, subblock)]
+        return [Phase(aligned, aligned, 1, cache_grows=False), Phase(prompt_len + gen_len, spec.block_size, subblock)]
 
     def validate(self, spec: ModelSpec, prompt_len: int, gen_len: int, batch_size: int) -> None:
         validate_lengths(spec, prompt_len, gen_len, batch_size)

@@ -82,9 +82,10 @@ class MaskedDiffusionDecoder:
             n + batch * layers * d * length)
 
     def memory_phases(self, spec: ModelSpec, prompt_len: int, gen_len: int) -> list[Phase]:
-        # every step is a full forward; with a cache, that forward also stores every position's KV
+        # every step is a full forward; with a cache, the block's first one also fills a new cache
+        # with every position's KV (the later steps' forwards are smaller)
         total = prompt_len + gen_len
-        return [Phase(total if self.cache != "none" else 0, total, self.block_len)]
+        return [Phase(total if self.cache != "none" else 0, total, self.block_len, cache_grows=False)]
 
     def validate(self, spec: ModelSpec, prompt_len: int, gen_len: int, batch_size: int) -> None:
         validate_lengths(spec, prompt_len, gen_len, batch_size)

@@ -52,5 +52,5 @@ for kind in ("probe", "grid"):
     ratios = [ratio for k, _, ratio in rows if k == kind]
     print(f"{kind}: {len(ratios)} points, measured/predicted min {min(ratios):.3f} "
           f"median {statistics.median(ratios):.3f} max {max(ratios):.3f}")
-worst = sorted(rows, key=lambda row: abs(row[2] - 1))[-5:]
+worst = sorted(rows, key=lambda row: abs(row[2] - 1))[-12:]
 print("furthest from 1:", *(f"  {name}: {ratio:.3f}" for _, name, ratio in worst), sep="\n")
