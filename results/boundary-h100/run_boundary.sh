@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One boundary invocation on the device: run_boundary.sh NAME TIMEOUT_S [pytest options...]
+# One boundary invocation: OUT=FOLDER run_boundary.sh NAME TIMEOUT_S [pytest options...]
 # Writes $OUT/NAME.{json,jsonl,log} and appends "NAME rc=.. Ns" to $OUT/walltimes.txt.
 set -u
 name=$1 limit=$2
