@@ -51,13 +51,28 @@ def pytest_configure(config: pytest.Config) -> None:
             "one-time costs (e.g. cuDNN attention plans built per new sequence length: autoregressive decoding "
             "read about 3x slower on an H100). Fine for smoke checks; use warm-up >= 1 for results and gating."),
             stacklevel=2)
+    _refuse_parallel_workers(config)
     config.stash[RESULTS] = {}
     config.stash[BASELINES] = {}
-    if settings.journal is not None and not hasattr(config, "workerinput"):  # xdist workers: no timings to keep
+    if settings.journal is not None:
         config.stash[JOURNAL] = _open_journal(config, settings.journal)
     from pytest_dlmbench.store import install_exclusive_save
 
     install_exclusive_save()
+
+
+def _refuse_parallel_workers(config: pytest.Config) -> None:
+    """pytest-benchmark times nothing under pytest-xdist, so a gate, a journal or a boundary search
+    there would judge or keep no points while the run passes: refuse them before anything runs."""
+    if config.getoption("dist", "no") == "no" or hasattr(config, "workerinput"):
+        return
+    settings = config.stash[SETTINGS]
+    asked = [name for name, on in (("--dlm-gate", bool(settings.gate)), ("--dlm-journal", settings.journal is not None),
+                                   ("--dlm-boundary", settings.boundary)) if on]
+    if asked:
+        raise pytest.UsageError(
+            f"{', '.join(asked)} with pytest-xdist (-n/--dist={config.getoption('dist')}): pytest-benchmark times "
+            "nothing in parallel workers, so no point would be measured; run the benchmarks without -n")
 
 
 def _open_journal(config: pytest.Config, path: str) -> Journal:
