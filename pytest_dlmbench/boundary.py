@@ -46,8 +46,9 @@ class Boundary:
     probes: tuple[ProbeResult, ...] = field(default_factory=tuple)
 
     @property
-    def at_max(self) -> ProbeResult | None:
-        return next((p for p in self.probes if p.batch_size == self.max_batch_size), None)
+    def at_max(self) -> ProbeResult:
+        """The probe at the max batch; at batch 0 (nothing fits) one with no readings."""
+        return next((p for p in self.probes if p.batch_size == self.max_batch_size), ProbeResult(0, False))
 
 
 def find_max_batch(probe: Callable[[int], ProbeResult], max_batch: int) -> Boundary:
@@ -195,9 +196,8 @@ class BoundaryRunner:
                for gib in CARDS_GIB},
         }
         at_max = boundary.at_max
-        estimate_s = at_max.generation_s(point.gen_len) if at_max is not None else None
-        found |= {"peak_mem_at_max_bytes": at_max.peak_allocated_bytes if at_max is not None else None,
-                  "probe_ms_per_forward_at_max": at_max.forward_ms if at_max is not None else None,
+        estimate_s = at_max.generation_s(point.gen_len)
+        found |= {"peak_mem_at_max_bytes": at_max.peak_allocated_bytes, "probe_ms_per_forward_at_max": at_max.forward_ms,
                   "estimated_generation_s": estimate_s}
         at_batch = dataclasses.replace(point, batch_size=max(1, boundary.max_batch_size))
         if boundary.max_batch_size == 0 or (estimate_s is not None and estimate_s > settings.max_time_s):
@@ -219,6 +219,6 @@ class BoundaryRunner:
         # is saved "oom" with the search (allocator fragmentation can do that: see the README)
         metrics = self.bench(at_batch, extra=found)
         full_peak = metrics.peak_mem_allocated_bytes
-        if full_peak and at_max is not None and at_max.peak_allocated_bytes:  # how well the probe predicts the peak
+        if full_peak and at_max.peak_allocated_bytes:  # how well the probe predicts the peak
             self.bench.benchmark.extra_info["probe_to_full_peak_ratio"] = at_max.peak_allocated_bytes / full_peak
         return metrics

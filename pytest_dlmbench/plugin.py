@@ -89,16 +89,15 @@ def _open_journal(config: pytest.Config, path: str) -> Journal:
     if not Path(path).parent.is_dir():
         raise pytest.UsageError(f"--dlm-journal={path}: the folder {Path(path).parent} does not exist")
 
-    def header() -> dict[str, Any]:
-        from datetime import datetime, timezone
-
-        from pytest_benchmark import __version__ as benchmark_version
-
+    def header() -> dict[str, Any]:  # the saved file's fields but its points, built as pytest-benchmark builds them
         machine = config.hook.pytest_benchmark_generate_machine_info(config=config)
         config.hook.pytest_benchmark_update_machine_info(config=config, machine_info=machine)
-        return {"machine_info": machine, "commit_info": config.hook.pytest_benchmark_generate_commit_info(config=config),
-                "datetime": datetime.now(timezone.utc).isoformat(), "version": benchmark_version,
-                SCHEMA_KEY: SCHEMA_VERSION}
+        commit = config.hook.pytest_benchmark_generate_commit_info(config=config)
+        config.hook.pytest_benchmark_update_commit_info(config=config, commit_info=commit)
+        document = config.hook.pytest_benchmark_generate_json(config=config, benchmarks=[], include_data=True,
+                                                               machine_info=machine, commit_info=commit)
+        del document["benchmarks"]
+        return document | {SCHEMA_KEY: SCHEMA_VERSION}
 
     return Journal(path, header)
 

@@ -2,6 +2,10 @@
 # One boundary invocation: OUT=FOLDER run_boundary.sh NAME TIMEOUT_S [pytest options...]
 # Writes $OUT/NAME.{json,jsonl,log} and appends "NAME rc=.. Ns" to $OUT/walltimes.txt.
 set -u
+if [ $# -lt 2 ] || [ -z "${OUT:-}" ]; then
+  echo "usage: OUT=FOLDER $0 NAME TIMEOUT_S [pytest options...]" >&2
+  exit 2
+fi
 name=$1 limit=$2
 shift 2
 start=$SECONDS
