@@ -8,7 +8,17 @@ import sys
 from collections.abc import Sequence
 
 from pytest_dlmbench import __version__
-from pytest_dlmbench.gate import DEFAULT_GATE, GateError, GateRule, compare, noise, noise_table, recommended_threshold, verdict_table
+from pytest_dlmbench.gate import (
+    DEFAULT_GATE,
+    GateError,
+    GateRule,
+    check_rules,
+    compare,
+    noise,
+    noise_table,
+    recommended_threshold,
+    verdict_table,
+)
 from pytest_dlmbench.store import FAILED_KEY, RunFileError, atomic_write_text, load_run, machine_mismatch, merge_runs
 
 
@@ -59,6 +69,11 @@ def _compare(args: argparse.Namespace) -> int:
               + "\n  ".join(differences) + "\n(use --allow-mismatch to compare anyway)", file=sys.stderr)
         return 2
     rules = args.gate or [GateRule.parse(rule) for rule in DEFAULT_GATE]
+    try:
+        check_rules(rules, base.points)
+    except GateError as error:
+        print(f"error: {error} (in {args.base})", file=sys.stderr)
+        return 2
     verdicts = compare(base.points, new.points, rules)
     print(verdict_table(verdicts))
     failed = [v for v in verdicts if v.fails]

@@ -1,28 +1,35 @@
-"""Regression verdicts between a baseline run and a new run, noise-aware.
+"""Regression verdicts between a baseline run and a new run, noise-aware and family-wise.
 
 Rule: a point regresses on a metric when its change in the bad direction exceeds the threshold
-AND, where per-round samples exist (tokens_per_s, latency_s), a one-sided Mann-Whitney U test
-on the rounds finds the new samples worse at significance `ALPHA`. When the rounds are too few
-for the test to ever reach `ALPHA` (e.g. 3 against 3), a change beyond the threshold is
-"inconclusive": reported, never passed silently, not failed. Metrics without samples (memory,
-max_batch_size, ...) are judged on the threshold alone. A status change away from "ok"
-(ok -> oom) is a regression; "untimed" (a boundary found but not timed) counts as completed.
+AND, where per-round samples exist (latency and every rate derived from it), a one-sided
+Mann-Whitney U test on the rounds finds the new samples worse, with Holm's step-down correction
+over every sampled comparison of the run (so gating 30 points at once keeps the chance of any
+false alarm at `ALPHA`, not 30 x `ALPHA`). A change beyond the threshold whose rounds are too few
+for the test ever to reach the corrected level is "inconclusive": reported, never passed
+silently: inside pytest, a point whose baseline has too few rounds for that is measured to as many
+rounds as the test needs (`rounds_needed`), up to a cap. Metrics without samples (memory, FLOPs, max_batch_size, ...) are judged on the
+threshold alone. A status change away from "ok" (ok -> oom) is a regression; "untimed" (a
+boundary found but not timed) counts as completed.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from tabulate import tabulate
 
-ALPHA = 0.05
+ALPHA = 0.05  # the chance, per gated run, of failing any point that did not change
 DIRECTIONS = {  # +1: higher is better, -1: lower is better
     "tokens_per_s": +1,
     "tokens_per_forward": +1,
     "max_batch_size": +1,
+    "achieved_tflops": +1,
+    "achieved_gbps": +1,
+    "roofline_fraction": +1,
+    "token_agreement": +1,
     "latency_s": -1,
     "ms_per_forward": -1,
     "prefill_ms": -1,
@@ -31,13 +38,22 @@ DIRECTIONS = {  # +1: higher is better, -1: lower is better
     "peak_mem_reserved_bytes": -1,
     "nvml_peak_used_bytes": -1,
     "peak_rss_bytes": -1,
+    "flops_per_token": -1,
+    "flops_per_forward": -1,
+    "flops_total": -1,
+    "bytes_per_forward": -1,
+    "bytes_total": -1,
 }
+# Metrics measured once per timed round: value = constant x latency_s ** exponent, so each round's
+# value follows from its latency.
+LATENCY_EXPONENT = {"latency_s": 1, "tokens_per_s": -1, "achieved_tflops": -1, "achieved_gbps": -1,
+                    "roofline_fraction": -1}
 DEFAULT_GATE = ("tokens_per_s:5%",)
 COMPLETED = {"ok", "untimed"}  # statuses whose metrics are judged
 
 
 class GateError(ValueError):
-    """A gate rule that cannot be parsed."""
+    """A gate rule that cannot be parsed, or that names a key no point has."""
 
 
 @dataclass(frozen=True)
@@ -60,18 +76,37 @@ class GateRule:
         direction = {"higher": +1, "lower": -1}[declared] if declared else DIRECTIONS[metric]
         return cls(metric, float(number), bool(percent), direction)
 
+    @property
+    def sampled(self) -> bool:
+        """Judged on per-round samples (and so a member of the corrected family)."""
+        return self.metric in LATENCY_EXPONENT
+
     def describe(self) -> str:
         return f"{self.metric}:{self.threshold:g}{'%' if self.relative else ''}"
 
 
+def gateable_keys(points: dict[str, dict[str, Any]]) -> list[str]:
+    """The numeric keys some point has: what a rule can judge."""
+    return sorted({key for info in points.values() for key, value in info.items()
+                   if isinstance(value, (int, float)) and not isinstance(value, bool)})
+
+
+def check_rules(rules: list[GateRule], points: dict[str, dict[str, Any]]) -> None:
+    """A rule on a key no point has would print a column of "not comparable" and pass: refuse it."""
+    keys = gateable_keys(points)
+    for rule in rules:
+        if points and rule.metric not in keys:
+            raise GateError(f"gate rule {rule.describe()}: no point of the baseline has a numeric {rule.metric!r}; "
+                            f"gateable keys: {', '.join(keys) or 'none'}")
+
+
 def samples(info: dict[str, Any], metric: str) -> list[float] | None:
     """Per-round values of a metric, where the rounds were saved."""
-    rounds = info.get("round_latencies_s")
-    if not rounds or metric not in ("tokens_per_s", "latency_s"):
+    exponent, value = LATENCY_EXPONENT.get(metric), info.get(metric)
+    rounds, latency = info.get("round_latencies_s"), info.get("latency_s")
+    if exponent is None or not rounds or not isinstance(value, (int, float)) or not latency:
         return None
-    if metric == "latency_s":
-        return [float(value) for value in rounds]
-    return [info["tokens_generated"] / value for value in rounds if value > 0]
+    return [value * (float(seconds) / latency) ** exponent for seconds in rounds if seconds > 0]
 
 
 def smallest_p(base_rounds: int, new_rounds: int) -> float:
@@ -79,18 +114,34 @@ def smallest_p(base_rounds: int, new_rounds: int) -> float:
     return 1 / math.comb(base_rounds + new_rounds, base_rounds)
 
 
-def rounds_to_judge() -> int:
-    """The fewest rounds a side with which the test can reach `ALPHA` (4 at 0.05)."""
-    return next(rounds for rounds in range(1, 100) if smallest_p(rounds, rounds) < ALPHA)
+def family_level(comparisons: int) -> float:
+    """The strictest level Holm's correction applies among `comparisons` tests (Bonferroni's)."""
+    return ALPHA / max(1, comparisons)
 
 
-def mann_whitney_worse(base: list[float], new: list[float], direction: int) -> tuple[float, float]:
-    """(p-value that `new` is worse than `base`, the smallest p-value these sample sizes allow)."""
+def rounds_to_judge(comparisons: int = 1) -> int:
+    """The fewest rounds a side with which the test can reach the corrected level (6 for 30 points)."""
+    level = family_level(comparisons)
+    return next(rounds for rounds in range(1, 1000) if smallest_p(rounds, rounds) < level)
+
+
+def rounds_needed(base_rounds: int, comparisons: int, cap: int) -> int | None:
+    """The fewest rounds of a new run with which the test against `base_rounds` baseline rounds can
+    reach the corrected level of `comparisons` tests; None when even `cap` rounds cannot.
+
+    The count follows from the baseline and the family alone, never from the new run's values: a
+    rule that kept measuring until a test came out significant would test many times and raise
+    the false alarms (results/gate-fwer/)."""
+    level = family_level(comparisons)
+    return next((rounds for rounds in range(1, cap + 1) if smallest_p(base_rounds, rounds) < level), None)
+
+
+def mann_whitney_worse(base: list[float], new: list[float], direction: int) -> float:
+    """The one-sided p-value that `new` is worse than `base`."""
     from scipy.stats import mannwhitneyu
 
     alternative = "less" if direction > 0 else "greater"
-    p_value = float(mannwhitneyu(new, base, alternative=alternative, method="auto").pvalue)
-    return p_value, smallest_p(len(base), len(new))
+    return float(mannwhitneyu(new, base, alternative=alternative, method="auto").pvalue)
 
 
 @dataclass(frozen=True)
@@ -100,14 +151,21 @@ class Verdict:
     baseline: float | str | None
     current: float | str | None
     change: str
-    verdict: str  # ok, improved, regression, inconclusive, new, missing, status
+    verdict: str  # ok, improved, regression, inconclusive, new, missing, status, not comparable
+    sampled: bool = False  # both runs had per-round samples: a member of the corrected family
+    p_value: float | None = None  # where the rounds were tested (a change beyond the threshold)
+    smallest_p: float | None = None  # the smallest p-value these rounds allow
 
     @property
     def fails(self) -> bool:
         return self.verdict == "regression"
 
 
-def _judge(point: str, rule: GateRule, base: dict[str, Any], new: dict[str, Any]) -> Verdict:
+PENDING = "pending"  # beyond the threshold with samples: the family decides
+
+
+def judge(point: str, rule: GateRule, base: dict[str, Any], new: dict[str, Any]) -> Verdict:
+    """One rule on one point; a change beyond the threshold with samples stays `PENDING`."""
     old, current = base.get(rule.metric), new.get(rule.metric)
     if not isinstance(old, (int, float)) or not isinstance(current, (int, float)):
         return Verdict(point, rule.metric, old, current, "-", "not comparable")
@@ -115,18 +173,36 @@ def _judge(point: str, rule: GateRule, base: dict[str, Any], new: dict[str, Any]
     if rule.relative:
         better = better / abs(old) * 100 if old else math.copysign(math.inf, better) if better else 0.0
     change = f"{(current - old) / abs(old) * 100:+.1f}%" if old else f"{current - old:+g}"
-    if better > rule.threshold:
-        return Verdict(point, rule.metric, old, current, change, "improved")
-    if better >= -rule.threshold:
-        return Verdict(point, rule.metric, old, current, change, "ok")
     base_samples, new_samples = samples(base, rule.metric), samples(new, rule.metric)
-    if base_samples is None or new_samples is None:  # no rounds to test: the threshold decides
+    sampled = bool(base_samples) and bool(new_samples)
+    if better > rule.threshold:
+        return Verdict(point, rule.metric, old, current, change, "improved", sampled)
+    if better >= -rule.threshold:
+        return Verdict(point, rule.metric, old, current, change, "ok", sampled)
+    if not sampled:  # no rounds to test: the threshold decides
         return Verdict(point, rule.metric, old, current, change, "regression")
-    p_value, smallest = mann_whitney_worse(base_samples, new_samples, rule.direction)
-    if smallest >= ALPHA:
-        return Verdict(point, rule.metric, old, current, f"{change} (too few rounds)", "inconclusive")
-    verdict = "regression" if p_value < ALPHA else "ok"
-    return Verdict(point, rule.metric, old, current, f"{change} (p={p_value:.3f})", verdict)
+    assert base_samples is not None and new_samples is not None
+    return Verdict(point, rule.metric, old, current, change, PENDING, True,
+                   mann_whitney_worse(base_samples, new_samples, rule.direction),
+                   smallest_p(len(base_samples), len(new_samples)))
+
+
+def holm(verdicts: list[Verdict]) -> list[Verdict]:
+    """Decide the pending verdicts with Holm's step-down correction over every sampled comparison."""
+    family = sum(verdict.sampled for verdict in verdicts)
+    order = sorted((i for i, v in enumerate(verdicts) if v.verdict == PENDING), key=lambda i: verdicts[i].p_value)
+    decided, rejecting = list(verdicts), True
+    for rank, index in enumerate(order):
+        verdict = verdicts[index]
+        assert verdict.p_value is not None and verdict.smallest_p is not None
+        level = ALPHA / (family - rank)
+        reachable = verdict.smallest_p < level  # (tied rounds can give an approximate p below the exact minimum)
+        rejecting = rejecting and reachable and verdict.p_value < level
+        outcome = "regression" if rejecting else "ok" if reachable else "inconclusive"
+        note = " too few rounds" if outcome == "inconclusive" else ""
+        decided[index] = replace(verdict, verdict=outcome,
+                                 change=f"{verdict.change} (p={verdict.p_value:.2g}, level {level:.2g}{note})")
+    return decided
 
 
 def compare(base: dict[str, dict[str, Any]], new: dict[str, dict[str, Any]], rules: list[GateRule]) -> list[Verdict]:
@@ -147,8 +223,8 @@ def compare(base: dict[str, dict[str, Any]], new: dict[str, dict[str, Any]], rul
             continue
         if new_status not in COMPLETED:
             continue
-        verdicts += [_judge(point, rule, base[point], new[point]) for rule in rules]
-    return verdicts
+        verdicts += [judge(point, rule, base[point], new[point]) for rule in rules]
+    return holm(verdicts)
 
 
 def verdict_table(verdicts: list[Verdict]) -> str:

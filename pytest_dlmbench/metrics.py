@@ -66,6 +66,7 @@ class PointMetrics:
     clock_event_reasons_start: tuple[str, ...] | None = None
     clock_event_reasons_end: tuple[str, ...] | None = None
     other_processes_bytes: int | None = None
+    roofline: dict[str, Any] = dataclasses.field(default_factory=dict)  # roofline.py's keys and ai_paper, saved flat
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)  # further keys, saved flat (e.g. a boundary search)
 
     @classmethod
@@ -138,8 +139,8 @@ class PointMetrics:
 
     def to_extra_info(self) -> dict[str, Any]:
         info = dataclasses.asdict(self)
-        extra = info.pop("extra")
-        return {key: list(value) if isinstance(value, tuple) else value for key, value in info.items()} | extra
+        roofline, extra = info.pop("roofline"), info.pop("extra")
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in info.items()} | roofline | extra
 
 
 def device_state_fields(memory: MemoryReport) -> dict[str, Any]:

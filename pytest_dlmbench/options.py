@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     import torch
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+DEFAULT_ROUNDS = 6  # gate.rounds_to_judge(30): enough to judge the standard grid's 30 points at once
+DEFAULT_MAX_ROUNDS = 20
 DEFAULT_SIMULATED_TPF = 3.0  # tokens per forward of the parallel strategies on random weights
 PROMPT_SOURCES = ("synthetic", "gsm8k")
 
@@ -126,11 +128,17 @@ def add_options(parser: pytest.Parser) -> None:
     add("--dlm-prompt", type=_int_list, default=None, help="Only these prompt lengths of the grid. Default: all.")
     add("--dlm-gen", type=_int_list, default=None, help="Only these generation lengths of the grid. Default: all.")
     add("--dlm-batch", type=_int_list, default=None, help="Only these batch sizes of the grid. Default: all.")
-    add("--dlm-rounds", type=positive_int, default=3, help="Most timed rounds per point. Default: 3.")
+    add("--dlm-rounds", type=positive_int, default=DEFAULT_ROUNDS,
+        help="Timed rounds per point, never cut by the time budget; the gate needs 6 a side to judge the "
+        f"standard grid's 30 points at once. Default: {DEFAULT_ROUNDS}.")
+    add("--dlm-max-rounds", type=positive_int, default=DEFAULT_MAX_ROUNDS,
+        help="With --dlm-gate: the most rounds a point is measured to when its rounds are too few for the gate "
+        f"to decide its verdict. Default: {DEFAULT_MAX_ROUNDS}.")
     add("--dlm-warmup", type=_non_negative_int, default=1, help="Untimed full generations before timing. Default: 1.")
     add("--dlm-max-time", type=_number(1e-9, "a positive number of seconds"), default=60.0,
-        help="Per-point time budget in seconds: rounds = budget / warm-up time, between 1 and --dlm-rounds; "
-        "a boundary whose full generation would take longer is saved untimed. Default: 60.")
+        help="Per-point time budget in seconds: a point whose timed rounds would take longer warns with their "
+        "cost (rounds are never cut); a boundary whose full generation would take longer is saved untimed. "
+        "Default: 60.")
     add("--dlm-dtype", type=_choice(("auto", *DTYPES), "dtype"), default="auto",
         help="Weight and activation dtype (bf16, fp16, fp32). Default: bf16 on CUDA, fp32 on CPU.")
     add("--dlm-device", type=_device, default="auto", help="cpu, cuda or cuda:N. Default: cuda if available.")
@@ -196,7 +204,8 @@ class Settings:
     prompt_lens: tuple[int, ...] | None = None
     gen_lens: tuple[int, ...] | None = None
     batch_sizes: tuple[int, ...] | None = None
-    rounds: int = 3
+    rounds: int = DEFAULT_ROUNDS
+    max_rounds: int = DEFAULT_MAX_ROUNDS
     warmup: int = 1
     max_time_s: float = 60.0
     dtype: str = "auto"
@@ -224,6 +233,11 @@ class Settings:
     def from_config(cls, config: pytest.Config) -> Settings:
         option = config.getoption
         checkpoints = dict(option("dlm_checkpoint"))  # a later NAME=PATH wins
+        if option("dlm_max_rounds") < option("dlm_rounds"):
+            import pytest
+
+            raise pytest.UsageError(f"--dlm-max-rounds={option('dlm_max_rounds')} is below "
+                                    f"--dlm-rounds={option('dlm_rounds')}; it must be at least that")
         return cls(
             grid=option("dlm_grid"),
             paradigms=option("dlm_paradigms"),
@@ -232,6 +246,7 @@ class Settings:
             gen_lens=option("dlm_gen"),
             batch_sizes=option("dlm_batch"),
             rounds=option("dlm_rounds"),
+            max_rounds=option("dlm_max_rounds"),
             warmup=option("dlm_warmup"),
             max_time_s=option("dlm_max_time"),
             dtype=option("dlm_dtype"),

@@ -37,6 +37,7 @@ BASELINES = pytest.StashKey[dict]()  # shape key -> baseline strategy's tokens, 
 GATE_BASELINE = pytest.StashKey["SavedRun"]()
 JOURNAL = pytest.StashKey["Journal"]()
 VERDICTS = pytest.StashKey[list["Verdict"]]()
+GATE_ROUNDS = pytest.StashKey[dict[str, int]]()  # test id -> timed rounds the gate needs
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -128,7 +129,20 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             f"gate baseline {baseline.path} comes from a different machine or software: "
             + "; ".join(differences) + " (--dlm-allow-mismatch compares anyway)"
         )
+    from pytest_dlmbench.gate import GateError, check_rules
+
+    try:
+        check_rules(gate_rules(settings), baseline.points)
+    except GateError as error:
+        raise pytest.UsageError(f"{error} (in {baseline.path})") from None
     config.stash[GATE_BASELINE] = baseline
+
+
+def gate_rules(settings: Settings) -> list[Any]:
+    """The rules the session gate applies: --dlm-gate's, or the default with only a baseline."""
+    from pytest_dlmbench.gate import DEFAULT_GATE, GateRule
+
+    return list(settings.gate) or [GateRule.parse(rule) for rule in DEFAULT_GATE]
 
 
 class _UnfinishedPointsOnly(list):
@@ -157,9 +171,9 @@ def _gate(session: pytest.Session) -> None:
     config = session.config
     if GATE_BASELINE not in config.stash:
         return
-    from pytest_dlmbench.gate import DEFAULT_GATE, GateRule, compare
+    from pytest_dlmbench.gate import compare
 
-    rules = list(config.stash[SETTINGS].gate) or [GateRule.parse(rule) for rule in DEFAULT_GATE]
+    rules = gate_rules(config.stash[SETTINGS])
     current = {test_id: metrics.to_extra_info() for test_id, metrics in config.stash[RESULTS].items()}
     verdicts = compare(config.stash[GATE_BASELINE].points, current, rules)
     config.stash[VERDICTS] = verdicts
@@ -200,9 +214,35 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 @pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config: pytest.Config) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if SELECTION_ERROR in config.stash:
         raise pytest.UsageError(config.stash[SELECTION_ERROR])
+    if GATE_BASELINE in config.stash:
+        config.stash[GATE_ROUNDS] = _gate_rounds(config, items)
+
+
+def _gate_rounds(config: pytest.Config, items: list[pytest.Item]) -> dict[str, int]:
+    """Timed rounds per gated point: enough for the test against its baseline's rounds to reach the
+    corrected level of the whole family (every gated point times every sampled rule)."""
+    from pytest_dlmbench.gate import family_level, rounds_needed
+
+    settings = config.stash[SETTINGS]
+    baseline = config.stash[GATE_BASELINE].points
+    gated = [item.nodeid for item in items if item.nodeid in baseline]
+    family = len(gated) * sum(rule.sampled for rule in gate_rules(settings))
+    rounds, capped = {}, []
+    for test_id in gated:
+        needed = rounds_needed(len(baseline[test_id].get("round_latencies_s") or ()), family, settings.max_rounds)
+        rounds[test_id] = settings.max_rounds if needed is None else needed
+        if needed is None:
+            capped.append(test_id)
+    if capped and family:
+        config.issue_config_time_warning(UserWarning(
+            f"{len(capped)} gated point(s) ({', '.join(capped[:3])}{', ...' if len(capped) > 3 else ''}) have too few "
+            f"baseline rounds for the gate to reach its level {family_level(family):.2g} ({family} comparisons) "
+            f"even with --dlm-max-rounds={settings.max_rounds}: their changes beyond the threshold will be "
+            "inconclusive; re-measure the baseline with more --dlm-rounds"), stacklevel=2)
+    return rounds
 
 
 def _line_writer(config: pytest.Config) -> Callable[[str], None] | None:
@@ -273,7 +313,8 @@ def dlm_bench(
         pytestconfig.stash[RESULTS][request.node.nodeid] = metrics
 
     yield PointRunner(benchmark, dlm_settings, dlm_model, _line_writer(pytestconfig), record,
-                      pytestconfig.stash[BASELINES], dlm_peaks)
+                      pytestconfig.stash[BASELINES], dlm_peaks,
+                      pytestconfig.stash.get(GATE_ROUNDS, {}).get(request.node.nodeid, 0))
     metrics = pytestconfig.stash[RESULTS].get(request.node.nodeid)
     if JOURNAL in pytestconfig.stash and metrics is not None:  # the point as the saved file will hold it
         _journal_point(pytestconfig.stash[JOURNAL], request.node.nodeid, metrics, benchmark)

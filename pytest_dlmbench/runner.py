@@ -1,7 +1,7 @@
 """Running one benchmark point under pytest-benchmark: the object behind the `dlm_bench` fixture.
 
 Order of work for a point: model (cached, untimed) -> prompt ids -> warm-up generations, the
-first one under the memory tracker -> rounds chosen from the time budget -> timed rounds via
+first one under the memory tracker -> timed rounds (--dlm-rounds, or more where the gate needs them) via
 `benchmark.pedantic` with a device-synchronizing target, so pytest-benchmark's saved statistics
 are true device seconds -> metrics into `benchmark.extra_info`.
 """
@@ -9,7 +9,7 @@ are true device seconds -> metrics into `benchmark.extra_info`.
 from __future__ import annotations
 
 import contextlib
-import math
+import dataclasses
 import time
 import warnings
 from collections.abc import Callable
@@ -41,7 +41,7 @@ GenerateFn = Callable[["torch.Tensor"], "torch.Tensor | GenerationResult"]
 
 
 class RoundsWarning(UserWarning):
-    """The time budget left a point fewer timed rounds than asked for."""
+    """A point's timed rounds take longer than its time budget (they are not cut)."""
 
 
 class Progress:
@@ -73,6 +73,7 @@ class PointRunner:
         record: Callable[[PointMetrics], None] | None = None,
         baselines: dict[tuple[Any, ...], torch.Tensor] | None = None,
         peaks: Peaks | None = None,
+        gate_rounds: int = 0,
     ) -> None:
         self.peaks = peaks  # the device's roofs (None off CUDA)
         self.benchmark = benchmark
@@ -81,6 +82,7 @@ class PointRunner:
         self.write_line = write_line
         self.record = record
         self.baselines = baselines if baselines is not None else {}  # shape key -> baseline strategy's tokens
+        self.gate_rounds = gate_rounds  # the rounds the gate needs to judge this point against its baseline
         self._gsm8k: tuple[list[dict[str, Any]], list[dict[str, Any]]] | None = None
 
     def __call__(self, point: BenchPoint, generate: GenerateFn | None = None, vocab_size: int | None = None,
@@ -105,25 +107,32 @@ class PointRunner:
             self.keep(PointMetrics.failed(point, describe, *failure, memory, extra))
             pytest.skip(f"OOM: {point.id} ({failure[1].splitlines()[0][:200]})")
 
+        metrics = self._assemble(point, describe, decoder, results, latencies, memory,
+                                 self._agreement(point, results[-1].tokens), extra)
+        self.benchmark.extra_info.update(metrics.to_extra_info())
+        self.keep(metrics)
+        return metrics
+
+    def _assemble(self, point: BenchPoint, describe: dict[str, Any], decoder: tuple[Any, Any] | None,
+                  results: list[GenerationResult], latencies: list[float], memory: MemoryReport,
+                  agreement: float | None, extra: dict[str, Any] | None) -> PointMetrics:
+        """The point's one record: what is saved, journaled and gated."""
         forward_ms: dict[str, list[float]] = {}
         for result in results:
             for kind, values in result.forward_ms.items():
                 forward_ms.setdefault(kind, []).extend(values)
         metrics = PointMetrics.from_run(
             point, describe=describe, latencies_s=latencies, nfe=results[-1].nfe or None, forward_ms=forward_ms,
-            memory=memory, warmup_rounds=self.settings.warmup, token_agreement=self._agreement(point, results[-1].tokens),
-            extra=extra,
+            memory=memory, warmup_rounds=self.settings.warmup, token_agreement=agreement, extra=extra,
         )
-        self.benchmark.extra_info.update(metrics.to_extra_info())
-        if decoder is not None:  # built-in paradigms know the shape of every forward
-            spec, paradigm = decoder
-            self.benchmark.extra_info.update(
-                roofline_fields(spec, results[-1].shapes, point.batch_size, point.gen_len, self.settings.dtype,
-                                metrics.latency_s, self.peaks),
-                ai_paper=paradigm.paper_arithmetic_intensity(spec, point.prompt_len, point.gen_len, point.batch_size),
-            )
-        self.keep(metrics)
-        return metrics
+        if decoder is None:
+            return metrics
+        spec, paradigm = decoder  # built-in paradigms know the shape of every forward
+        roofline = roofline_fields(spec, results[-1].shapes, point.batch_size, point.gen_len, self.settings.dtype,
+                                   metrics.latency_s, self.peaks)
+        roofline["ai_paper"] = paradigm.paper_arithmetic_intensity(spec, point.prompt_len, point.gen_len,
+                                                                   point.batch_size)
+        return dataclasses.replace(metrics, roofline=roofline)
 
     def keep(self, metrics: PointMetrics) -> None:
         """Hand a result to the session (summary table, saved file, gate)."""
@@ -193,16 +202,13 @@ class PointRunner:
                 warm_s = time.perf_counter() - began
                 if index == 0:
                     memory = tracker.report
-            rounds = settings.rounds
-            if warm_s is not None:  # the time budget decides how many rounds this point gets
-                rounds = max(1, min(settings.rounds, math.floor(settings.max_time_s / warm_s)))
-                if rounds < settings.rounds:
-                    warnings.warn(
-                        f"{progress.label}: {rounds} of --dlm-rounds={settings.rounds} timed rounds fit in "
-                        f"--dlm-max-time={settings.max_time_s:g} s after a {warm_s:.1f} s warm-up generation; the "
-                        f"gate needs {rounds_to_judge()} rounds a side to call a change significant (raise "
-                        "--dlm-max-time, or --dlm-warmup=2 if the first generation is slow because it is cold)",
-                        RoundsWarning, stacklevel=2)
+            rounds = max(settings.rounds, self.gate_rounds)
+            if warm_s is not None and rounds * warm_s > settings.max_time_s:
+                warnings.warn(
+                    f"{progress.label}: {rounds} timed rounds take about {rounds * warm_s:.0f} s after a {warm_s:.1f} s "
+                    f"warm-up generation, over --dlm-max-time={settings.max_time_s:g} s; rounds are not cut: the gate "
+                    f"needs {rounds_to_judge(30)} a side to judge 30 points at once (--dlm-rounds sets them)",
+                    RoundsWarning, stacklevel=2)
 
             results: list[GenerationResult] = []
             latencies: list[float] = []

@@ -12,6 +12,8 @@ import pytest
 
 # Inline pytester runs drop modules first imported during the run; torch cannot be imported twice.
 import torch  # noqa: F401
+import transformers.models.llama.modeling_llama  # noqa: F401
+import transformers.models.qwen2.modeling_qwen2  # noqa: F401
 
 from pytest_dlmbench.cli import main
 from pytest_dlmbench.gate import GateError, GateRule, compare, noise, recommended_threshold
@@ -273,3 +275,79 @@ def test_concurrent_saves_never_collide(pytester):
     listing = subprocess.run([sys.executable, "-m", "pytest_benchmark", "compare", *map(str, (pytester.path / ".benchmarks").rglob("*.json"))],
                              cwd=pytester.path, capture_output=True, text=True)
     assert listing.returncode == 0 and "test_mine" in listing.stdout, listing.stderr
+
+
+GRID_TEST = """
+def test_generation(dlm_bench, dlm_point):
+    dlm_bench(dlm_point)
+"""
+AR_SMOKE = ("--dlm-paradigms=ar", "-p", "no:cacheprovider")  # six points, default rounds and warm-up
+
+
+def test_default_gate_fails_every_point_of_a_2x_slower_run_and_compare_agrees(pytester, monkeypatch, capsys):
+    pytester.makepyfile(test_grid=GRID_TEST)
+    pytester.syspathinsert(Path(__file__).parent)  # the slowdown plugin
+    assert pytester.runpytest(*AR_SMOKE, "--benchmark-json=base.json").ret == 0
+    monkeypatch.setenv("DLMBENCH_SLOWDOWN", "1.0")  # every forward takes twice as long
+    gates = ("--dlm-gate=tokens_per_s:5%", "--dlm-gate=achieved_tflops:5%", "--dlm-gate=flops_per_token:1%")
+    slow = pytester.runpytest(*AR_SMOKE, "-p", "slowdown_plugin", "--benchmark-json=slow.json",
+                              "--dlm-baseline=base.json", *gates)
+    assert slow.ret == pytest.ExitCode.TESTS_FAILED, slow.stdout.str()
+    ids = list(load_run(pytester.path / "base.json").points)
+    assert len(ids) == 6
+    for test_id in ids:
+        slow.stdout.fnmatch_lines([f"{test_id}*tokens_per_s*regression", f"{test_id}*achieved_tflops*regression",
+                                   f"{test_id}*flops_per_token*+0.0%*ok"])
+    slow.stdout.fnmatch_lines(["12 regression(s) against base.json"])
+
+    capsys.readouterr()
+    rules = [rule for gate in gates for rule in ("--gate", gate.partition("=")[2])]
+    assert main(["compare", str(pytester.path / "base.json"), str(pytester.path / "slow.json"), *rules]) == 1
+    table = capsys.readouterr().out.partition("\n\n")[0]
+    assert table in slow.stdout.str()  # the same verdicts, row for row, from the saved files
+
+
+def test_a_gate_on_a_key_no_point_has_is_a_usage_error(pytester, capsys):
+    pytester.makepyfile(test_grid=GRID_TEST)
+    small = (*AR_SMOKE, "--dlm-prompt=16", "--dlm-gen=32", "--dlm-batch=1", "--dlm-rounds=1")
+    assert pytester.runpytest(*small, "--benchmark-json=base.json").ret == 0
+    result = pytester.runpytest(*small, "--dlm-baseline=base.json", "--dlm-gate=flops_per_tokn:1%:lower")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*gate rule flops_per_tokn:1%: no point of the baseline has a numeric "
+                                 "'flops_per_tokn'; gateable keys: *flops_per_token*tokens_per_s*(in base.json)"])
+    base = str(pytester.path / "base.json")
+    assert main(["compare", base, base, "--gate", "flops_per_tokn:1%:lower"]) == 2
+    assert "gateable keys:" in capsys.readouterr().err
+
+
+def test_gated_points_get_the_rounds_their_baseline_needs(pytester):
+    pytester.makepyfile(test_grid=GRID_TEST)
+    small = (*AR_SMOKE, "--dlm-prompt=16", "--dlm-gen=32", "--dlm-batch=1,4")
+    assert pytester.runpytest(*small, "--dlm-rounds=3", "--benchmark-json=base.json").ret == 0
+    result = pytester.runpytest(*small, "--dlm-rounds=3", "--dlm-baseline=base.json", "--benchmark-json=new.json")
+    assert result.ret == 0, result.stdout.str()
+    # 2 points gated at 0.05 / 2: against 3 baseline rounds a new run needs 5 (1 / C(8, 3) = 0.018 < 0.025)
+    assert {info["rounds"] for info in load_run(pytester.path / "new.json").points.values()} == {5}
+    capped = pytester.runpytest(*small, "--dlm-rounds=3", "--dlm-max-rounds=4", "--dlm-baseline=base.json")
+    capped.stdout.fnmatch_lines(["*2 gated point(s) (*) have too few baseline rounds for the gate to reach its "
+                                 "level 0.025 (2 comparisons) even with --dlm-max-rounds=4*"])
+
+
+def test_rounds_needed_and_the_corrected_levels():
+    from pytest_dlmbench.gate import holm, rounds_needed, rounds_to_judge
+    from pytest_dlmbench.options import DEFAULT_ROUNDS
+
+    assert rounds_to_judge(30) == DEFAULT_ROUNDS == 6 and rounds_to_judge(1) == 4
+    assert rounds_needed(6, 30, 20) == 6 and rounds_needed(3, 2, 20) == 5 and rounds_needed(1, 30, 20) is None
+    # Holm: the smallest p is tested at alpha / 3, the next at alpha / 2 only if the first was rejected
+    base = {name: point([1.0 + i / 100 for i in range(8)]) for name in "abc"}
+    unchanged = point([1.0 + i / 100 for i in range(8)])
+    slower = point([1.0, 1.03, 1.08, 1.09, 1.1, 1.11, 1.12, 1.13])  # -5.5 %, p = 0.023
+    verdicts = {v.point: v for v in compare(base, {"a": point([2.0 + i / 100 for i in range(8)]), "b": slower,
+                                                   "c": unchanged}, TPS)}
+    assert verdicts["a"].verdict == "regression" and "level 0.017" in verdicts["a"].change
+    assert verdicts["b"].verdict == "regression" and "p=0.023, level 0.025" in verdicts["b"].change
+    assert verdicts["c"].verdict == "ok"
+    alone = {v.point: v for v in compare(base, {"a": unchanged, "b": slower, "c": unchanged}, TPS)}
+    assert alone["b"].verdict == "ok" and "p=0.023, level 0.017" in alone["b"].change
+    assert holm([]) == []
