@@ -7,36 +7,16 @@ A probe is the paradigm's `probe()`: the part of a generation that reaches its p
 
 from __future__ import annotations
 
-import json
-import statistics
-import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from pytest_dlmbench.device import total_memory_bytes
 from pytest_dlmbench.memory_model import CARDS_GIB, predicted_max_batch
+from pytest_dlmbench.probe import ProbeResult, probe_arguments, probe_in_process, probe_isolated
 
 if TYPE_CHECKING:
-    import torch
-
-    from pytest_dlmbench.grid import BenchPoint
-    from pytest_dlmbench.options import Settings
-
-
-@dataclass(frozen=True)
-class ProbeResult:
-    batch_size: int
-    fits: bool
-    peak_allocated_bytes: int | None = None
-    forward_ms: float | None = None  # mean device time of the probe's non-prefill forwards
-    prefill_ms: float = 0.0  # device time of its prefill, if it has one
-
-    def generation_s(self, gen_len: int) -> float | None:
-        """A rough full generation's time at this batch, to decide whether to time it: the prefill,
-        then one forward per token at the probe's mean cost (no host time between forwards; parallel
-        strategies need fewer forwards)."""
-        return None if self.forward_ms is None else (self.prefill_ms + self.forward_ms * gen_len) / 1e3
+    from pytest_dlmbench.core import BenchPoint, Settings
 
 
 @dataclass(frozen=True)
@@ -76,66 +56,11 @@ def find_max_batch(probe: Callable[[int], ProbeResult], max_batch: int) -> Bound
     return Boundary(low, high, tuple(probes[b] for b in sorted(probes)))
 
 
-def probe_in_process(settings: Settings, point: BenchPoint, model: Any, spec: Any, paradigm: Any) -> ProbeResult:
-    """Run the paradigm's probe at `point.batch_size`; an OOM is a "does not fit", not a failure."""
-    import torch
-
-    from pytest_dlmbench.memory import MemoryTracker, is_out_of_memory, release_memory
-    from pytest_dlmbench.metrics import step_times_ms
-    from pytest_dlmbench.paradigms import ForwardLog
-    from pytest_dlmbench.prompts import synthetic_prompts
-    from pytest_dlmbench.timing import RegionTimer
-
-    device = settings.torch_device
-    log = ForwardLog(RegionTimer(device))
-    try:
-        prompt_ids = synthetic_prompts(spec.prompt_vocab_limit, point.batch_size, point.prompt_len, settings.seed, device)
-        with torch.inference_mode(), MemoryTracker(device) as tracker:
-            paradigm.probe(model, spec, prompt_ids, point.gen_len, log)
-    except Exception as error:  # noqa: BLE001
-        if not is_out_of_memory(error):
-            raise
-        release_memory(device)
-        return ProbeResult(point.batch_size, False)
-    times = log.timer.read()
-    steps = step_times_ms(times)
-    return ProbeResult(point.batch_size, True, tracker.report.peak_allocated_bytes,
-                       statistics.fmean(steps) if steps else None, sum(times.get("prefill", [])))
-
-
-def probe_isolated(argv: list[str], batch: int) -> ProbeResult:
-    """Run one probe in a fresh Python process (`python -m pytest_dlmbench.probe`)."""
-    done = subprocess.run([sys.executable, "-m", "pytest_dlmbench.probe", *argv, f"--batch={batch}"],
-                          capture_output=True, text=True)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode != 0 or not lines:
-        raise RuntimeError(f"isolated probe at batch {batch} failed (exit {done.returncode}): {done.stderr[-2000:]}")
-    result = json.loads(lines[-1])
-    return ProbeResult(**result)
-
-
-def apply_memory_limit(gib: float | None, device: torch.device) -> None:
-    """Cap this process's usable device memory at `gib` (as if the card were that size)."""
-    if gib is None or device.type != "cuda":
-        return
-    import torch
-
-    index = device.index if device.index is not None else torch.cuda.current_device()  # "cuda" has no index
-    total = torch.cuda.get_device_properties(index).total_memory
-    torch.cuda.set_per_process_memory_fraction(min(1.0, gib * 2**30 / total), index)
-
-
 def device_memory_bytes(settings: Settings) -> int:
     """The memory the boundary search works within: the --dlm-memory-limit, else the device's."""
     if settings.memory_limit_gib is not None:
         return int(settings.memory_limit_gib * 2**30)
-    if settings.device.startswith("cuda"):
-        import torch
-
-        return int(torch.cuda.get_device_properties(settings.torch_device).total_memory)
-    import os
-
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return total_memory_bytes(settings.torch_device)
 
 
 def boundary_id(point: BenchPoint) -> str:
@@ -160,7 +85,6 @@ class BoundaryRunner:
 
         from pytest_dlmbench.models import get_spec
         from pytest_dlmbench.paradigms import make_paradigm
-        from pytest_dlmbench.probe import probe_arguments
 
         settings = self.settings
         if settings.isolate_probes:
@@ -201,8 +125,8 @@ class BoundaryRunner:
                   "estimated_generation_s": estimate_s}
         at_batch = dataclasses.replace(point, batch_size=max(1, boundary.max_batch_size))
         if boundary.max_batch_size == 0 or (estimate_s is not None and estimate_s > settings.max_time_s):
-            from pytest_dlmbench.memory import MemoryReport
-            from pytest_dlmbench.metrics import PointMetrics
+            from pytest_dlmbench.core import MemoryReport
+            from pytest_dlmbench.runner import failed_record
 
             describe = {"weights": weights, "dtype": settings.dtype, "device": settings.device,
                         **decoder.describe(spec, point.gen_len)}
@@ -213,12 +137,13 @@ class BoundaryRunner:
                     f"boundary {boundary_id(point)}: max batch {boundary.max_batch_size}; a full generation there "
                     f"would take ~{estimate_s:.0f} s, over --dlm-max-time={settings.max_time_s:g}: not timed")
             memory = MemoryReport(peak_allocated_bytes=found["peak_mem_at_max_bytes"])
-            self.bench.keep(PointMetrics.failed(at_batch, describe, status, reason, memory, found))
+            self.bench.keep(failed_record(at_batch, describe, status, reason, memory,
+                                          found | {"probe_to_full_peak_ratio": None}))
             pytest.skip(reason)
         # the full generation is the check: if it runs out of memory where the probe fitted, the point
         # is saved "oom" with the search (allocator fragmentation can do that: see the README)
-        metrics = self.bench(at_batch, extra=found)
+        metrics = self.bench(at_batch, extra=found | {"probe_to_full_peak_ratio": None})
         full_peak = metrics.peak_mem_allocated_bytes
         if full_peak and at_max.peak_allocated_bytes:  # how well the probe predicts the peak
-            self.bench.benchmark.extra_info["probe_to_full_peak_ratio"] = at_max.peak_allocated_bytes / full_peak
+            metrics = self.bench.amend(metrics, probe_to_full_peak_ratio=at_max.peak_allocated_bytes / full_peak)
         return metrics

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from pytest_dlmbench.core import BenchPoint
 from pytest_dlmbench.models import MODEL_SPECS
 from pytest_dlmbench.paradigms import PARADIGMS
 
@@ -18,29 +19,7 @@ from pytest_dlmbench.paradigms import PARADIGMS
 STRATEGIES: tuple[str, ...] = tuple(dict.fromkeys(s for cls in PARADIGMS.values() for s in cls.strategies))
 
 if TYPE_CHECKING:
-    from pytest_dlmbench.options import Settings
-
-
-@dataclass(frozen=True, order=True)
-class BenchPoint:
-    """One measured configuration."""
-
-    paradigm: str
-    model: str
-    prompt_len: int
-    gen_len: int
-    batch_size: int
-    strategy: str = "baseline"
-
-    @property
-    def id(self) -> str:
-        base = f"{self.paradigm}-{self.model}-p{self.prompt_len}-g{self.gen_len}-b{self.batch_size}"
-        return base if self.strategy == "baseline" else f"{base}-{self.strategy}"
-
-    @property
-    def shape_key(self) -> tuple[str, str, int, int, int]:
-        """The point without its strategy: strategies of one shape are compared on it."""
-        return (self.paradigm, self.model, self.prompt_len, self.gen_len, self.batch_size)
+    from pytest_dlmbench.core import Settings
 
 
 @dataclass(frozen=True)

@@ -6,16 +6,16 @@ model is built, so peaks of one model never include another's weights.
 
 from __future__ import annotations
 
-import gc
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pytest_dlmbench.device import release
 from pytest_dlmbench.models import ModelSpec, build_model, get_spec, load_checkpoint
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
-    from pytest_dlmbench.options import Settings
+    from pytest_dlmbench.core import Settings
 
 
 @dataclass(frozen=True)
@@ -66,8 +66,4 @@ class ModelCache:
     def release(self) -> None:
         """Drop the current model and give its device memory back."""
         self.current = None
-        gc.collect()
-        if self.settings.device.startswith("cuda"):
-            import torch
-
-            torch.cuda.empty_cache()
+        release(self.settings.torch_device)

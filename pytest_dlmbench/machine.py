@@ -6,8 +6,10 @@ import os
 import platform
 from typing import TYPE_CHECKING, Any
 
+from pytest_dlmbench.device import describe
+
 if TYPE_CHECKING:
-    from pytest_dlmbench.options import Settings
+    from pytest_dlmbench.core import Settings
 
 
 def _nvml_driver() -> str | None:
@@ -42,12 +44,8 @@ def machine_info(settings: Settings) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "pytorch_cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
     }
-    if settings.device.startswith("cuda"):
-        properties = torch.cuda.get_device_properties(torch.device(settings.device))
-        info |= {
-            "gpu_name": properties.name,
-            "gpu_count": torch.cuda.device_count(),
-            "gpu_memory_bytes": int(properties.total_memory),
-            "driver": _nvml_driver(),
-        }
+    device = describe(settings.torch_device)
+    if device.name is not None:
+        info |= {"gpu_name": device.name, "gpu_count": device.count, "gpu_memory_bytes": device.memory_bytes,
+                 "driver": _nvml_driver()}
     return info

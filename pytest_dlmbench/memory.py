@@ -10,9 +10,11 @@ from __future__ import annotations
 import os
 import threading
 import warnings
-from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
+
+from pytest_dlmbench.core import MemoryReport
+from pytest_dlmbench.device import allocator_peaks, is_cuda, release, reset_peaks, rss_bytes, synchronize
 
 if TYPE_CHECKING:
     import torch
@@ -20,19 +22,6 @@ if TYPE_CHECKING:
 
 class MemoryWarning(UserWarning):
     """A memory reading could not be taken; the value is recorded as null."""
-
-
-@dataclass(frozen=True)
-class MemoryReport:
-    """Peaks over one tracked region, in bytes (None where the reading is unavailable)."""
-
-    peak_allocated_bytes: int | None = None  # torch.cuda.max_memory_allocated
-    peak_reserved_bytes: int | None = None  # torch.cuda.max_memory_reserved
-    nvml_peak_used_bytes: int | None = None  # device-wide used memory, sampled
-    nvml_baseline_used_bytes: int | None = None  # device-wide used memory when tracking began
-    peak_rss_bytes: int | None = None  # CPU runs: process resident set size, sampled
-    state_start: dict[str, Any] | None = None  # device_state() when tracking began (CUDA)
-    state_end: dict[str, Any] | None = None  # device_state() when it ended
 
 
 # NVML clock-event (throttle) reason bits and their names.
@@ -63,11 +52,6 @@ def device_state(handle: Any) -> dict[str, Any]:
     }
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def nvml_handle(device: torch.device) -> Any | None:
     """The NVML handle of a torch CUDA device (matched by UUID), or None with a warning."""
     try:
@@ -96,7 +80,7 @@ class MemoryTracker:
         self.device = device
         self.interval_s = interval_s
         self.report = MemoryReport()
-        self._cuda = device.type == "cuda"
+        self._cuda = is_cuda(device)
         self._handle: Any | None = nvml_handle(device) if self._cuda else None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -120,7 +104,7 @@ class MemoryTracker:
 
     def _sample(self) -> int | None:
         if not self._cuda:
-            return _rss_bytes()
+            return rss_bytes()
         if self._handle is None:
             return None
         import pynvml
@@ -142,11 +126,7 @@ class MemoryTracker:
             self._peak = value if self._peak is None else max(self._peak, value)
 
     def __enter__(self) -> MemoryTracker:
-        if self._cuda:
-            import torch
-
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
+        reset_peaks(self.device)
         self._record()
         self._baseline = self._peak
         self._state_start = self._state()
@@ -155,10 +135,7 @@ class MemoryTracker:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        if self._cuda:
-            import torch
-
-            torch.cuda.synchronize(self.device)
+        synchronize(self.device)
         self._record()
         self._stop.set()
         if self._thread is not None:
@@ -168,11 +145,10 @@ class MemoryTracker:
         if not self._cuda:
             self.report = MemoryReport(peak_rss_bytes=self._peak)
             return
-        import torch
-
+        allocated, reserved = allocator_peaks(self.device)
         self.report = MemoryReport(
-            peak_allocated_bytes=int(torch.cuda.max_memory_allocated(self.device)),
-            peak_reserved_bytes=int(torch.cuda.max_memory_reserved(self.device)),
+            peak_allocated_bytes=allocated,
+            peak_reserved_bytes=reserved,
             nvml_peak_used_bytes=self._peak,
             nvml_baseline_used_bytes=self._baseline,
             state_start=self._state_start,
@@ -189,31 +165,19 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 def memory_now(device: torch.device) -> MemoryReport:
     """Peaks since the last reset, and device-wide used memory now (e.g. at a failure)."""
-    if device.type != "cuda":
-        return MemoryReport(peak_rss_bytes=_rss_bytes())
-    import torch
-
+    if not is_cuda(device):
+        return MemoryReport(peak_rss_bytes=rss_bytes())
     handle = nvml_handle(device)
     used = None
     if handle is not None:
         import pynvml
 
         used = int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
-    return MemoryReport(
-        peak_allocated_bytes=int(torch.cuda.max_memory_allocated(device)),
-        peak_reserved_bytes=int(torch.cuda.max_memory_reserved(device)),
-        nvml_peak_used_bytes=used,
-    )
+    allocated, reserved = allocator_peaks(device)
+    return MemoryReport(peak_allocated_bytes=allocated, peak_reserved_bytes=reserved, nvml_peak_used_bytes=used)
 
 
 def release_memory(device: torch.device) -> None:
     """Return what a failed point left behind, so the next point starts from the same baseline."""
-    import gc
-
-    gc.collect()
-    if device.type == "cuda":
-        import torch
-
-        torch.cuda.synchronize(device)
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
+    release(device)
+    reset_peaks(device)

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_dlmbench.grid import SelectionError, boundary_points_for, points_for
-from pytest_dlmbench.metrics import PointMetrics
-from pytest_dlmbench.options import Settings, add_options
+from pytest_dlmbench.core import BenchPoint, PointMetrics, Settings
+from pytest_dlmbench.options import add_options, settings_from_config
 
 if TYPE_CHECKING:
     from pytest_dlmbench.boundary import BoundaryRunner
@@ -38,6 +38,7 @@ GATE_BASELINE = pytest.StashKey["SavedRun"]()
 JOURNAL = pytest.StashKey["Journal"]()
 VERDICTS = pytest.StashKey[list["Verdict"]]()
 GATE_ROUNDS = pytest.StashKey[dict[str, int]]()  # test id -> timed rounds the gate needs
+BASELINE_SHAPES = pytest.StashKey[set]()  # shape keys whose baseline strategy the session runs
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -45,7 +46,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    settings = config.stash[SETTINGS] = Settings.from_config(config)
+    settings = config.stash[SETTINGS] = settings_from_config(config)
     if settings.warmup == 0:
         config.issue_config_time_warning(UserWarning(
             "--dlm-warmup=0: each point's timed rounds include its first generation at its shapes, and with it "
@@ -142,7 +143,7 @@ def gate_rules(settings: Settings) -> list[Any]:
     """The rules the session gate applies: --dlm-gate's, or the default with only a baseline."""
     from pytest_dlmbench.gate import DEFAULT_GATE, GateRule
 
-    return list(settings.gate) or [GateRule.parse(rule) for rule in DEFAULT_GATE]
+    return [GateRule.parse(rule) for rule in settings.gate or DEFAULT_GATE]
 
 
 class _UnfinishedPointsOnly(list):
@@ -217,6 +218,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if SELECTION_ERROR in config.stash:
         raise pytest.UsageError(config.stash[SELECTION_ERROR])
+    config.stash[BASELINE_SHAPES] = {item.callspec.params["dlm_point"].shape_key for item in items
+                                     if "dlm_point" in getattr(getattr(item, "callspec", None), "params", {})
+                                     and item.callspec.params["dlm_point"].strategy == "baseline"}
     if GATE_BASELINE in config.stash:
         config.stash[GATE_ROUNDS] = _gate_rounds(config, items)
 
@@ -268,10 +272,10 @@ def dlm_settings(pytestconfig: pytest.Config) -> Settings:
 @pytest.fixture(scope="session")
 def dlm_model(dlm_settings: Settings) -> Iterator[ModelCache]:
     """Session-wide model cache: ``dlm_model.get(name)``; one model in memory at a time."""
-    from pytest_dlmbench.boundary import apply_memory_limit
+    from pytest_dlmbench.device import limit_memory
     from pytest_dlmbench.loader import ModelCache
 
-    apply_memory_limit(dlm_settings.memory_limit_gib, dlm_settings.torch_device)
+    limit_memory(dlm_settings.torch_device, dlm_settings.memory_limit_gib)
     cache = ModelCache(dlm_settings)
     yield cache
     cache.release()
@@ -312,9 +316,14 @@ def dlm_bench(
     def record(metrics: PointMetrics) -> None:
         pytestconfig.stash[RESULTS][request.node.nodeid] = metrics
 
+    def skip_out_of_memory(point: BenchPoint, metrics: PointMetrics) -> None:
+        pytest.skip(f"OOM: {point.id} ({(metrics.message or '').splitlines()[0][:200]})")
+
+    baseline_shapes = pytestconfig.stash.get(BASELINE_SHAPES, set())
     yield PointRunner(benchmark, dlm_settings, dlm_model, _line_writer(pytestconfig), record,
                       pytestconfig.stash[BASELINES], dlm_peaks,
-                      pytestconfig.stash.get(GATE_ROUNDS, {}).get(request.node.nodeid, 0))
+                      pytestconfig.stash.get(GATE_ROUNDS, {}).get(request.node.nodeid, 0),
+                      lambda point: point.shape_key in baseline_shapes, skip_out_of_memory)
     metrics = pytestconfig.stash[RESULTS].get(request.node.nodeid)
     if JOURNAL in pytestconfig.stash and metrics is not None:  # the point as the saved file will hold it
         _journal_point(pytestconfig.stash[JOURNAL], request.node.nodeid, metrics, benchmark)

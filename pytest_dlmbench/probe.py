@@ -1,4 +1,5 @@
-"""`python -m pytest_dlmbench.probe`: one OOM probe in a fresh process, its verdict as JSON.
+"""One OOM probe at one batch: in this process, or in a fresh one (`python -m pytest_dlmbench.probe`,
+which prints its verdict as JSON).
 
 A process that ran out of device memory is not always fit to measure again (fragmentation,
 half-freed state); a fresh process per probe is the robust way (`--dlm-isolate`).
@@ -9,20 +10,73 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import statistics
+import subprocess
+import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from pytest_dlmbench.grid import BenchPoint
-from pytest_dlmbench.options import Settings
-from pytest_dlmbench.paradigms import DecodeOptions
+from pytest_dlmbench.core import BenchPoint, Settings, step_times_ms
+from pytest_dlmbench.device import limit_memory
+from pytest_dlmbench.memory import MemoryTracker, is_out_of_memory, release_memory
+from pytest_dlmbench.paradigms import ForwardLog
+from pytest_dlmbench.prompts import synthetic_prompts
+from pytest_dlmbench.timing import RegionTimer
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    batch_size: int
+    fits: bool
+    peak_allocated_bytes: int | None = None
+    forward_ms: float | None = None  # mean device time of the probe's non-prefill forwards
+    prefill_ms: float = 0.0  # device time of its prefill, if it has one
+
+    def generation_s(self, gen_len: int) -> float | None:
+        """A rough full generation's time at this batch, to decide whether to time it: the prefill,
+        then one forward per token at the probe's mean cost (no host time between forwards; parallel
+        strategies need fewer forwards)."""
+        return None if self.forward_ms is None else (self.prefill_ms + self.forward_ms * gen_len) / 1e3
+
+
+def probe_in_process(settings: Settings, point: BenchPoint, model: Any, spec: Any, paradigm: Any) -> ProbeResult:
+    """Run the paradigm's probe at `point.batch_size`; an OOM is a "does not fit", not a failure."""
+    import torch
+
+    device = settings.torch_device
+    log = ForwardLog(RegionTimer(device))
+    try:
+        prompt_ids = synthetic_prompts(spec.prompt_vocab_limit, point.batch_size, point.prompt_len, settings.seed, device)
+        with torch.inference_mode(), MemoryTracker(device) as tracker:
+            paradigm.probe(model, spec, prompt_ids, point.gen_len, log)
+    except Exception as error:  # noqa: BLE001
+        if not is_out_of_memory(error):
+            raise
+        release_memory(device)
+        return ProbeResult(point.batch_size, False)
+    times = log.timer.read()
+    steps = step_times_ms(times)
+    return ProbeResult(point.batch_size, True, tracker.report.peak_allocated_bytes,
+                       statistics.fmean(steps) if steps else None, sum(times.get("prefill", [])))
+
+
+def probe_isolated(argv: list[str], batch: int) -> ProbeResult:
+    """Run one probe in a fresh Python process (`python -m pytest_dlmbench.probe`)."""
+    done = subprocess.run([sys.executable, "-m", "pytest_dlmbench.probe", *argv, f"--batch={batch}"],
+                          capture_output=True, text=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"isolated probe at batch {batch} failed (exit {done.returncode}): {done.stderr[-2000:]}")
+    result = json.loads(lines[-1])
+    return ProbeResult(**result)
+
+
 
 
 def probe_arguments(settings: Settings, point: BenchPoint) -> list[str]:
-    """The command-line arguments that reproduce `settings` and `point` in a probe process."""
-    chosen = {"device": settings.device, "dtype": settings.dtype, "seed": settings.seed, "tpf": settings.tpf,
-              "checkpoints": settings.checkpoints, "memory_limit_gib": settings.memory_limit_gib,
-              "decode": dataclasses.asdict(settings.decode)}
-    return [f"--settings={json.dumps(chosen)}", f"--point={json.dumps(dataclasses.asdict(point))}"]
+    """The command-line arguments that reproduce `settings` (every field) and `point` in a probe process."""
+    return [f"--settings={settings.to_json()}", f"--point={json.dumps(dataclasses.asdict(point))}"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -31,17 +85,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--point", required=True)
     parser.add_argument("--batch", type=int, required=True)
     args = parser.parse_args(argv)
-    chosen: dict[str, Any] = json.loads(args.settings)
-    chosen["decode"] = DecodeOptions(**chosen["decode"])
-    chosen["checkpoints"] = tuple(tuple(pair) for pair in chosen["checkpoints"])
-    settings = Settings(**chosen)
+    settings = Settings.from_json(args.settings)
     point = dataclasses.replace(BenchPoint(**json.loads(args.point)), batch_size=args.batch)
 
-    from pytest_dlmbench.boundary import apply_memory_limit, probe_in_process
     from pytest_dlmbench.loader import ModelCache
     from pytest_dlmbench.paradigms import make_paradigm
 
-    apply_memory_limit(settings.memory_limit_gib, settings.torch_device)
+    limit_memory(settings.torch_device, settings.memory_limit_gib)
     loaded = ModelCache(settings).get(point.model)
     paradigm = make_paradigm(point.paradigm, settings.decode_for(loaded.weights), point.strategy)
     result = probe_in_process(settings, point, loaded.model, loaded.spec, paradigm)

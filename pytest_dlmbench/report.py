@@ -9,7 +9,7 @@ from typing import Any
 
 from tabulate import tabulate
 
-from pytest_dlmbench.metrics import PointMetrics
+from pytest_dlmbench.core import PointMetrics
 
 SUMMARY_HEADERS = ("paradigm", "strategy", "model", "prompt", "gen", "batch", "tok/s", "ms/forward", "NFE", "TPF", "peak MiB", "status")
 

@@ -19,9 +19,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pytest_dlmbench.device import describe, release
 from pytest_dlmbench.memory_model import DTYPE_BYTES, parameter_count
 from pytest_dlmbench.models import ModelSpec
-from pytest_dlmbench.paradigms.base import ForwardShape
+from pytest_dlmbench.paradigms.base import FORWARD_KINDS, ForwardShape
 from pytest_dlmbench.timing import RegionTimer
 
 if TYPE_CHECKING:
@@ -85,28 +86,28 @@ def measure_peaks(device: torch.device, matmul_size: int = 8192, copy_bytes: int
     matrix = torch.randn(matmul_size, matmul_size, dtype=torch.bfloat16, device=device)
     matmul_s = best_seconds(torch.matmul, matrix, matrix)
     del matrix
-    torch.cuda.empty_cache()
+    release(device)
     return Peaks(2 * matmul_size**3 / matmul_s / 1e12, 2 * copy_bytes / copy_s / 1e9, "measured")
 
 
 def device_peaks(settings: Any) -> Peaks | None:
-    """The roofs for this session: measured (--dlm-measure-ceilings), else the table entry for the
-    GPU's name, each overridden by --dlm-peak-tflops / --dlm-peak-gbps; None off CUDA or when unknown."""
+    """The roofs for this session: measured (--dlm-measure-ceilings, CUDA), else the table entry for
+    the GPU's name, each overridden by --dlm-peak-tflops / --dlm-peak-gbps (on any device, the CPU
+    included); None when unknown."""
     import warnings
 
-    if not settings.device.startswith("cuda"):
-        return None
-    import torch
-
-    name = torch.cuda.get_device_properties(settings.torch_device).name
-    peaks = measure_peaks(settings.torch_device) if settings.measure_ceilings else table_peaks(name)
+    name = describe(settings.torch_device).name
+    if name is None:  # no GPU: only the user's roofs
+        peaks = None
+    else:
+        peaks = measure_peaks(settings.torch_device) if settings.measure_ceilings else table_peaks(name)
     if settings.peak_tflops is not None or settings.peak_gbps is not None:
         if peaks is None and (settings.peak_tflops is None or settings.peak_gbps is None):
-            warnings.warn(f"no peak table entry for {name!r}: give both --dlm-peak-tflops and --dlm-peak-gbps",
-                          stacklevel=2)
+            warnings.warn(f"no peak table entry for {name or settings.device!r}: give both --dlm-peak-tflops and "
+                          "--dlm-peak-gbps", stacklevel=2)
             return None
         peaks = Peaks(settings.peak_tflops or peaks.tflops, settings.peak_gbps or peaks.gbps, "user")
-    if peaks is None:
+    if peaks is None and name is not None:
         warnings.warn(f"no peak table entry for {name!r}: roofline fields need --dlm-peak-tflops and "
                       "--dlm-peak-gbps, or --dlm-measure-ceilings", stacklevel=2)
     return peaks
@@ -152,12 +153,26 @@ def attainable_seconds(costs: Iterable[Cost], peaks: Peaks) -> float:
     return sum(max(cost.flops / (peaks.tflops * 1e12), cost.bytes / (peaks.gbps * 1e9)) for cost in costs)
 
 
+# Every key `roofline_fields` saves, so that every point has them all (null where unknown).
+ROOFLINE_KEYS = (
+    "flops_per_forward", "bytes_per_forward", "flops_per_token", "flops_total", "bytes_total", "arithmetic_intensity",
+    *(f"{measure}_{kind}" for kind in FORWARD_KINDS
+      for measure in ("flops_per_forward", "bytes_per_forward", "arithmetic_intensity")),
+    "achieved_tflops", "achieved_gbps", "peak_tflops", "peak_gbps", "peaks_source", "ridge_flops_per_byte", "bound",
+    "attainable_tokens_per_s", "roofline_fraction", "ai_paper",
+)
+
+
+def empty_roofline() -> dict[str, Any]:
+    return dict.fromkeys(ROOFLINE_KEYS)
+
+
 def roofline_fields(spec: ModelSpec, shapes: tuple[ForwardShape, ...], batch: int, gen_len: int, dtype: str,
                     latency_s: float | None, peaks: Peaks | None) -> dict[str, Any]:
     """The extra_info keys of one point: analytic counts, and measured rates against the roofs."""
     costs = [(shape.kind, forward_cost(spec, shape, batch, dtype)) for shape in shapes]
     total = sum((cost for _, cost in costs), Cost(0.0, 0.0))
-    fields: dict[str, Any] = {
+    fields = empty_roofline() | {
         "flops_per_forward": total.flops / len(costs),
         "bytes_per_forward": total.bytes / len(costs),
         "flops_per_token": total.flops / (batch * gen_len),

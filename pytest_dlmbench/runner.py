@@ -1,9 +1,10 @@
 """Running one benchmark point under pytest-benchmark: the object behind the `dlm_bench` fixture.
 
-Order of work for a point: model (cached, untimed) -> prompt ids -> warm-up generations, the
-first one under the memory tracker -> timed rounds (--dlm-rounds, or more where the gate needs them) via
-`benchmark.pedantic` with a device-synchronizing target, so pytest-benchmark's saved statistics
-are true device seconds -> metrics into `benchmark.extra_info`.
+Three steps, each its own function: `plan` (model, cached and untimed; prompt ids; the decoder;
+the labels), `measure` (warm-up generations, the first under the memory tracker, then timed
+rounds (--dlm-rounds, or more where the gate needs them) via `benchmark.pedantic` with a
+device-synchronizing target, so pytest-benchmark's statistics are true device seconds), and
+`assemble` (the point's one record, `PointMetrics`, into `benchmark.extra_info`).
 """
 
 from __future__ import annotations
@@ -14,26 +15,25 @@ import time
 import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import pytest
-
-from pytest_dlmbench.gate import rounds_to_judge
-from pytest_dlmbench.grid import BenchPoint
-from pytest_dlmbench.memory import MemoryReport, MemoryTracker, is_out_of_memory, memory_now, release_memory
+from pytest_dlmbench.core import DEFAULT_ROUNDS, BenchPoint, MemoryReport, PointMetrics
+from pytest_dlmbench.device import synchronize
+from pytest_dlmbench.memory import MemoryTracker, is_out_of_memory, memory_now, release_memory
 from pytest_dlmbench.memory_model import predicted_peak_bytes
-from pytest_dlmbench.metrics import PointMetrics
-from pytest_dlmbench.paradigms import ForwardLog, GenerationResult, make_paradigm
+from pytest_dlmbench.paradigms import ForwardLog, GenerationResult, Paradigm, make_paradigm
 from pytest_dlmbench.paradigms.base import ForwardLimitReached
 from pytest_dlmbench.prompts import gsm8k_prompts, load_gsm8k, synthetic_prompts
-from pytest_dlmbench.roofline import Peaks, roofline_fields
-from pytest_dlmbench.timing import RegionTimer, synchronize
+from pytest_dlmbench.roofline import Peaks, empty_roofline, roofline_fields
+from pytest_dlmbench.timing import RegionTimer
 
 if TYPE_CHECKING:
     import torch
 
+    from pytest_dlmbench.core import Settings
     from pytest_dlmbench.loader import ModelCache
-    from pytest_dlmbench.options import Settings
+    from pytest_dlmbench.models import ModelSpec
 
 # A user's generate callable: prompt ids (batch, prompt_len) -> ids (batch, gen_len), or a
 # GenerationResult when it also knows its forward count.
@@ -61,6 +61,26 @@ class Progress:
             self.write_line(f"  {self.label}: {self.phase}, {nfe} forwards ({now - self.started:.0f} s elapsed)")
 
 
+@dataclass(frozen=True)
+class PointPlan:
+    """What one point runs: a whole generation, its labels, and for the built-in paradigms the
+    decoder (the roofline reads its forwards) and the baseline strategy's decoder (token agreement)."""
+
+    point: BenchPoint
+    run_once: Callable[[], GenerationResult]
+    describe: dict[str, Any]  # labels for the record: weights, dtype, device, block_size, ...
+    decoder: tuple[ModelSpec, Paradigm] | None = None
+    prime: Callable[[], None] | None = None  # on a model's first point: a short untimed start-up run
+    baseline_tokens: Callable[[], torch.Tensor] | None = None  # the baseline strategy's output, untimed
+
+
+@dataclass(frozen=True)
+class Measurement:
+    results: list[GenerationResult]  # one per timed round
+    latencies_s: list[float]
+    memory: MemoryReport
+
+
 class PointRunner:
     """``dlm_bench(point)`` runs a built-in paradigm; ``dlm_bench(point, generate=fn)`` times yours."""
 
@@ -74,8 +94,10 @@ class PointRunner:
         baselines: dict[tuple[Any, ...], torch.Tensor] | None = None,
         peaks: Peaks | None = None,
         gate_rounds: int = 0,
+        baseline_selected: Callable[[BenchPoint], bool] = lambda point: True,
+        on_oom: Callable[[BenchPoint, PointMetrics], None] = lambda point, record: None,
     ) -> None:
-        self.peaks = peaks  # the device's roofs (None off CUDA)
+        self.peaks = peaks  # the device's roofs (None where unknown)
         self.benchmark = benchmark
         self.settings = settings
         self.models = models
@@ -83,121 +105,108 @@ class PointRunner:
         self.record = record
         self.baselines = baselines if baselines is not None else {}  # shape key -> baseline strategy's tokens
         self.gate_rounds = gate_rounds  # the rounds the gate needs to judge this point against its baseline
+        self.baseline_selected = baseline_selected  # does the session run this point's baseline strategy?
+        self.on_oom = on_oom  # called with an out-of-memory point's record (the fixture skips the test)
         self._gsm8k: tuple[list[dict[str, Any]], list[dict[str, Any]]] | None = None
 
     def __call__(self, point: BenchPoint, generate: GenerateFn | None = None, vocab_size: int | None = None,
                  extra: dict[str, Any] | None = None) -> PointMetrics:
-        """Measure one point. An out-of-memory point is recorded (status "oom") and skipped; any
-        other failure is recorded (status "error") and raised. `extra` is saved with the point,
-        whatever its status."""
+        """Measure one point and return its record. An out-of-memory point is recorded, handed to
+        `on_oom` and returned with status "oom"; any other failure is recorded (status "error") and
+        raised. `extra` is saved with the point, whatever its status."""
         progress = Progress(self.write_line, point.id)
-        run_once, describe, decoder, prime = self._prepare(point, generate, vocab_size, progress)
-        failure: tuple[str, str] | None = None
+        plan = self.plan(point, generate, vocab_size, progress)
+        device = self.settings.torch_device
         try:
-            results, latencies, memory = self._measure(run_once, progress, prime)
+            measurement = self.measure(plan, progress)
         except Exception as error:  # noqa: BLE001 - every failure becomes a recorded result
-            failure = ("oom" if is_out_of_memory(error) else "error", f"{type(error).__name__}: {error}")
-            if failure[0] == "error":
-                self.keep(PointMetrics.failed(point, describe, *failure, memory_now(self.settings.torch_device), extra))
+            status, message = "oom" if is_out_of_memory(error) else "error", f"{type(error).__name__}: {error}"
+            if status == "error":
+                self.keep(failed_record(point, plan.describe, status, message, memory_now(device), extra))
                 raise
-        if failure is not None:  # outside the except block, so the failed frames' tensors are freed
-            del run_once, prime  # pytest keeps this frame alive with the skip: drop the point's prompts now
-            memory = memory_now(self.settings.torch_device)
-            release_memory(self.settings.torch_device)
-            self.keep(PointMetrics.failed(point, describe, *failure, memory, extra))
-            pytest.skip(f"OOM: {point.id} ({failure[1].splitlines()[0][:200]})")
+        else:
+            record = self.assemble(plan, measurement, self._agreement(plan, measurement.results[-1].tokens), extra)
+            self.benchmark.extra_info.update(record.to_extra_info())
+            self.keep(record)
+            return record
+        describe = plan.describe
+        del plan  # outside the except block, so the failed frames' tensors (and the prompts) are freed
+        memory = memory_now(device)
+        release_memory(device)
+        record = failed_record(point, describe, status, message, memory, extra)
+        self.keep(record)
+        self.on_oom(point, record)
+        return record
 
-        metrics = self._assemble(point, describe, decoder, results, latencies, memory,
-                                 self._agreement(point, results[-1].tokens), extra)
-        self.benchmark.extra_info.update(metrics.to_extra_info())
-        self.keep(metrics)
-        return metrics
+    def amend(self, record: PointMetrics, **extra: Any) -> PointMetrics:
+        """The record with more keys, kept and saved in its place (e.g. what a boundary search learns
+        from the timed generation)."""
+        amended = dataclasses.replace(record, extra=record.extra | extra)
+        self.benchmark.extra_info.update(amended.to_extra_info())
+        self.keep(amended)
+        return amended
 
-    def _assemble(self, point: BenchPoint, describe: dict[str, Any], decoder: tuple[Any, Any] | None,
-                  results: list[GenerationResult], latencies: list[float], memory: MemoryReport,
-                  agreement: float | None, extra: dict[str, Any] | None) -> PointMetrics:
-        """The point's one record: what is saved, journaled and gated."""
-        forward_ms: dict[str, list[float]] = {}
-        for result in results:
-            for kind, values in result.forward_ms.items():
-                forward_ms.setdefault(kind, []).extend(values)
-        metrics = PointMetrics.from_run(
-            point, describe=describe, latencies_s=latencies, nfe=results[-1].nfe or None, forward_ms=forward_ms,
-            memory=memory, warmup_rounds=self.settings.warmup, token_agreement=agreement, extra=extra,
-        )
-        if decoder is None:
-            return metrics
-        spec, paradigm = decoder  # built-in paradigms know the shape of every forward
-        roofline = roofline_fields(spec, results[-1].shapes, point.batch_size, point.gen_len, self.settings.dtype,
-                                   metrics.latency_s, self.peaks)
-        roofline["ai_paper"] = paradigm.paper_arithmetic_intensity(spec, point.prompt_len, point.gen_len,
-                                                                   point.batch_size)
-        return dataclasses.replace(metrics, roofline=roofline)
-
-    def keep(self, metrics: PointMetrics) -> None:
+    def keep(self, record: PointMetrics) -> None:
         """Hand a result to the session (summary table, saved file, gate)."""
         if self.record is not None:
-            self.record(metrics)
+            self.record(record)
 
-    def _prepare(self, point: BenchPoint, generate: GenerateFn | None, vocab_size: int | None,
-                 progress: Progress) -> tuple[Callable[[], GenerationResult], dict[str, Any], tuple[Any, Any] | None,
-                                              Callable[[], None] | None]:
-        """A callable that runs one whole generation, the point's labels, (spec, paradigm) for the
-        built-in paradigms, and, on a model's first point, a short untimed start-up run."""
+    def plan(self, point: BenchPoint, generate: GenerateFn | None, vocab_size: int | None,
+             progress: Progress) -> PointPlan:
         settings = self.settings
         device = settings.torch_device
-        if generate is None:
-            loaded = self.models.get(point.model)
-            spec, model = loaded.spec, loaded.model
-            paradigm = make_paradigm(point.paradigm, settings.decode_for(loaded.weights), point.strategy)
-            paradigm.validate(spec, point.prompt_len, point.gen_len, point.batch_size)
-            prompt_ids = self._prompts(point, loaded)
-            phases = paradigm.memory_phases(spec, point.prompt_len, point.gen_len)
-            describe = {"weights": loaded.weights, "prompt_source": settings.prompts,
-                        "predicted_peak_bytes": predicted_peak_bytes(spec, phases, point.batch_size, settings.dtype),
-                        **paradigm.describe(spec, point.gen_len)}
-
-            def run_once() -> GenerationResult:
-                log = ForwardLog(RegionTimer(device), progress)
-                return paradigm.generate(model, spec, prompt_ids, point.gen_len, log)
-
-            def prime() -> None:  # a few forwards absorb the process's CUDA/cuBLAS start-up, untimed
-                with contextlib.suppress(ForwardLimitReached):
-                    paradigm.generate(model, spec, prompt_ids, point.gen_len, ForwardLog(RegionTimer(device), limit=4))
-
-            decoder = (spec, paradigm)
-            if not self.models.first_use(point.model):
-                prime = None
-        else:
-            decoder = prime = None
+        labels = {"dtype": settings.dtype, "device": settings.device}
+        if generate is not None:
             if vocab_size is None:
                 raise ValueError("dlm_bench(point, generate=fn) also needs vocab_size= for the prompt ids")
             prompt_ids = synthetic_prompts(vocab_size, point.batch_size, point.prompt_len, settings.seed, device)
-            describe = {"weights": "user", "block_size": None, "steps": None}
 
-            def run_once() -> GenerationResult:
+            def run_user() -> GenerationResult:
                 out = generate(prompt_ids)
                 return out if isinstance(out, GenerationResult) else GenerationResult(tokens=out, nfe=0)
 
-        return run_once, describe | {"dtype": settings.dtype, "device": settings.device}, decoder, prime
+            return PointPlan(point, run_user, {"weights": "user", "block_size": None, "steps": None} | labels)
 
-    def _measure(self, run_once: Callable[[], GenerationResult], progress: Progress,
-                 prime: Callable[[], None] | None) -> tuple[list[GenerationResult], list[float], MemoryReport]:
+        loaded = self.models.get(point.model)
+        spec, model = loaded.spec, loaded.model
+        paradigm = make_paradigm(point.paradigm, settings.decode_for(loaded.weights), point.strategy)
+        paradigm.validate(spec, point.prompt_len, point.gen_len, point.batch_size)
+        prompt_ids = self._prompts(point, loaded)
+        phases = paradigm.memory_phases(spec, point.prompt_len, point.gen_len)
+        describe = {"weights": loaded.weights, "prompt_source": settings.prompts,
+                    "predicted_peak_bytes": predicted_peak_bytes(spec, phases, point.batch_size, settings.dtype),
+                    **paradigm.describe(spec, point.gen_len)} | labels
+
+        def run(decoder: Paradigm, log: ForwardLog) -> GenerationResult:
+            return decoder.generate(model, spec, prompt_ids, point.gen_len, log)
+
+        def prime() -> None:  # a few forwards absorb the process's CUDA/cuBLAS start-up, untimed
+            with contextlib.suppress(ForwardLimitReached):
+                run(paradigm, ForwardLog(RegionTimer(device), limit=4))
+
+        def baseline_tokens() -> torch.Tensor:
+            baseline = make_paradigm(point.paradigm, settings.decode_for(loaded.weights))
+            return run(baseline, ForwardLog(RegionTimer(device))).tokens
+
+        return PointPlan(point, lambda: run(paradigm, ForwardLog(RegionTimer(device), progress)), describe,
+                         (spec, paradigm), prime if self.models.first_use(point.model) else None, baseline_tokens)
+
+    def measure(self, plan: PointPlan, progress: Progress) -> Measurement:
         """Start-up run, warm-up (memory tracked on the first), then the timed rounds under pytest-benchmark."""
         import torch
 
         settings = self.settings
         device = settings.torch_device
         with torch.inference_mode():
-            if prime is not None:
-                prime()
+            if plan.prime is not None:
+                plan.prime()
             memory, warm_s = MemoryReport(), None
             for index in range(settings.warmup):
                 progress.phase = f"warm-up {index + 1}/{settings.warmup}"
                 tracker = MemoryTracker(device) if index == 0 else nullcontext()
                 began = time.perf_counter()
                 with tracker:
-                    run_once()
+                    plan.run_once()
                 synchronize(device)
                 warm_s = time.perf_counter() - began
                 if index == 0:
@@ -207,7 +216,7 @@ class PointRunner:
                 warnings.warn(
                     f"{progress.label}: {rounds} timed rounds take about {rounds * warm_s:.0f} s after a {warm_s:.1f} s "
                     f"warm-up generation, over --dlm-max-time={settings.max_time_s:g} s; rounds are not cut: the gate "
-                    f"needs {rounds_to_judge(30)} a side to judge 30 points at once (--dlm-rounds sets them)",
+                    f"needs {DEFAULT_ROUNDS} a side to judge 30 points at once (--dlm-rounds sets them)",
                     RoundsWarning, stacklevel=2)
 
             results: list[GenerationResult] = []
@@ -216,7 +225,7 @@ class PointRunner:
             def timed_round() -> GenerationResult:
                 progress.phase = f"round {len(results) + 1}/{rounds}"
                 began = time.perf_counter()
-                result = run_once()
+                result = plan.run_once()
                 synchronize(device)
                 latencies.append(time.perf_counter() - began)
                 results.append(result)
@@ -228,22 +237,61 @@ class PointRunner:
                                         iterations=1, warmup_rounds=0)
             if settings.warmup == 0:
                 memory = tracker.report
-        return results, latencies, memory
+        return Measurement(results, latencies, memory)
 
-    def _agreement(self, point: BenchPoint, tokens: torch.Tensor) -> float | None:
-        """Share of tokens equal to the baseline's on the same shape, when this session ran it."""
+    def assemble(self, plan: PointPlan, measurement: Measurement, agreement: float | None,
+                 extra: dict[str, Any] | None) -> PointMetrics:
+        """The point's one record: what is saved, journaled and gated."""
+        point, results = plan.point, measurement.results
+        forward_ms: dict[str, list[float]] = {}
+        for result in results:
+            for kind, values in result.forward_ms.items():
+                forward_ms.setdefault(kind, []).extend(values)
+        record = PointMetrics.from_run(
+            point, describe=plan.describe, latencies_s=measurement.latencies_s, nfe=results[-1].nfe or None,
+            forward_ms=forward_ms, memory=measurement.memory, warmup_rounds=self.settings.warmup,
+            token_agreement=agreement, extra=extra,
+        )
+        if plan.decoder is None:
+            return dataclasses.replace(record, roofline=empty_roofline())
+        spec, paradigm = plan.decoder  # built-in paradigms know the shape of every forward
+        roofline = roofline_fields(spec, results[-1].shapes, point.batch_size, point.gen_len, self.settings.dtype,
+                                   record.latency_s, self.peaks)
+        roofline["ai_paper"] = paradigm.paper_arithmetic_intensity(spec, point.prompt_len, point.gen_len,
+                                                                   point.batch_size)
+        return dataclasses.replace(record, roofline=roofline)
+
+    def _agreement(self, plan: PointPlan, tokens: torch.Tensor) -> float | None:
+        """Share of tokens equal to the baseline strategy's on the same shape, wherever the session
+        runs that baseline: computed (untimed) if this point runs first, so test order cannot change it."""
+        point = plan.point
+        if plan.baseline_tokens is None:
+            return None
         if point.strategy == "baseline":
             self.baselines[point.shape_key] = tokens.cpu()
             return None
-        baseline = self.baselines.get(point.shape_key)
-        if baseline is None or baseline.shape != tokens.shape:
-            return None
-        return float((tokens.cpu() == baseline).float().mean())
+        if point.shape_key not in self.baselines:
+            if not self.baseline_selected(point):
+                return None
+            import torch
+
+            with torch.inference_mode():
+                self.baselines[point.shape_key] = plan.baseline_tokens().cpu()
+        baseline = self.baselines[point.shape_key]
+        return float((tokens.cpu() == baseline).float().mean()) if baseline.shape == tokens.shape else None
 
     def _prompts(self, point: BenchPoint, loaded: Any) -> torch.Tensor:
         settings = self.settings
         if settings.prompts == "synthetic":
-            return synthetic_prompts(loaded.spec.prompt_vocab_limit, point.batch_size, point.prompt_len, settings.seed, settings.torch_device)
+            return synthetic_prompts(loaded.spec.prompt_vocab_limit, point.batch_size, point.prompt_len, settings.seed,
+                                     settings.torch_device)
         if self._gsm8k is None:
             self._gsm8k = load_gsm8k(settings.dataset)
         return gsm8k_prompts(loaded.tokenizer(), self._gsm8k, point.batch_size, point.prompt_len, settings.torch_device)
+
+
+def failed_record(point: BenchPoint, describe: dict[str, Any], status: str, message: str, memory: MemoryReport,
+                  extra: dict[str, Any] | None = None) -> PointMetrics:
+    """A point that did not finish, with every roofline key null."""
+    return dataclasses.replace(PointMetrics.failed(point, describe, status, message, memory, extra),
+                               roofline=empty_roofline())

@@ -1,7 +1,7 @@
 """Device-true timing: CUDA events per region, and device synchronization for whole calls.
 
-The timing's CUDA-versus-CPU branch lives here and nowhere else: on CUDA, regions are bracketed by
-events and read with a single synchronize; on CPU, `perf_counter` gives the same interface.
+On CUDA, regions are bracketed by events and read with a single synchronize; on CPU,
+`perf_counter` gives the same interface.
 """
 
 from __future__ import annotations
@@ -12,16 +12,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
+from pytest_dlmbench.device import is_cuda, synchronize
+
 if TYPE_CHECKING:
     import torch
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait until all queued work on `device` has finished (a no-op off CUDA)."""
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class RegionTimer:
@@ -29,7 +23,7 @@ class RegionTimer:
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
-        self._cuda = device.type == "cuda"
+        self._cuda = is_cuda(device)
         self._pending: dict[str, list[tuple[torch.cuda.Event, torch.cuda.Event]]] = defaultdict(list)
         self._done_ms: dict[str, list[float]] = defaultdict(list)
 

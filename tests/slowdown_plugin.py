@@ -22,7 +22,7 @@ def _slow_forwards(monkeypatch: pytest.MonkeyPatch) -> None:
     if not factor:
         return
     from pytest_dlmbench.paradigms.base import ForwardLog
-    from pytest_dlmbench.timing import synchronize
+    from pytest_dlmbench.device import synchronize
 
     original = ForwardLog.forward
 

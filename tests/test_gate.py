@@ -208,7 +208,7 @@ def test_exclusive_writes_never_overwrite_or_share_a_number(tmp_path):
 USER_BENCH = """
 import os, time
 import torch
-from pytest_dlmbench.grid import BenchPoint
+from pytest_dlmbench.core import BenchPoint
 
 def test_mine(dlm_bench):
     delay = float(os.environ.get("EXTRA_DELAY", "0"))
@@ -321,21 +321,23 @@ def test_a_gate_on_a_key_no_point_has_is_a_usage_error(pytester, capsys):
 
 
 def test_gated_points_get_the_rounds_their_baseline_needs(pytester):
-    pytester.makepyfile(test_grid=GRID_TEST)
-    small = (*AR_SMOKE, "--dlm-prompt=16", "--dlm-gen=32", "--dlm-batch=1,4")
-    assert pytester.runpytest(*small, "--dlm-rounds=3", "--benchmark-json=base.json").ret == 0
-    result = pytester.runpytest(*small, "--dlm-rounds=3", "--dlm-baseline=base.json", "--benchmark-json=new.json")
+    pytester.makepyfile(test_user=USER_BENCH)
+    assert pytester.runpytest("--dlm-rounds=3", "-p", "no:cacheprovider", "--benchmark-json=base.json").ret == 0
+    result = pytester.runpytest("--dlm-rounds=3", "-p", "no:cacheprovider", "--dlm-baseline=base.json",
+                                "--benchmark-json=new.json")
     assert result.ret == 0, result.stdout.str()
-    # 2 points gated at 0.05 / 2: against 3 baseline rounds a new run needs 5 (1 / C(8, 3) = 0.018 < 0.025)
-    assert {info["rounds"] for info in load_run(pytester.path / "new.json").points.values()} == {5}
-    capped = pytester.runpytest(*small, "--dlm-rounds=3", "--dlm-max-rounds=4", "--dlm-baseline=base.json")
-    capped.stdout.fnmatch_lines(["*2 gated point(s) (*) have too few baseline rounds for the gate to reach its "
-                                 "level 0.025 (2 comparisons) even with --dlm-max-rounds=4*"])
+    # 1 point gated at 0.05: against 3 baseline rounds a new run needs 4 (1 / C(7, 3) = 0.029 < 0.05)
+    [info] = load_run(pytester.path / "new.json").points.values()
+    assert info["rounds"] == len(info["round_latencies_s"]) == 4
+    capped = pytester.runpytest("--dlm-rounds=3", "--dlm-max-rounds=3", "-p", "no:cacheprovider",
+                                "--dlm-baseline=base.json")
+    capped.stdout.fnmatch_lines(["*1 gated point(s) (test_user.py::test_mine) have too few baseline rounds for the "
+                                 "gate to reach its level 0.05 (1 comparisons) even with --dlm-max-rounds=3*"])
 
 
 def test_rounds_needed_and_the_corrected_levels():
     from pytest_dlmbench.gate import holm, rounds_needed, rounds_to_judge
-    from pytest_dlmbench.options import DEFAULT_ROUNDS
+    from pytest_dlmbench.core import DEFAULT_ROUNDS
 
     assert rounds_to_judge(30) == DEFAULT_ROUNDS == 6 and rounds_to_judge(1) == 4
     assert rounds_needed(6, 30, 20) == 6 and rounds_needed(3, 2, 20) == 5 and rounds_needed(1, 30, 20) is None

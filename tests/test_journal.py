@@ -19,7 +19,7 @@ KILLED_RUN = """
 import os, signal, time
 import pytest
 import torch
-from pytest_dlmbench.grid import BenchPoint
+from pytest_dlmbench.core import BenchPoint
 
 @pytest.mark.parametrize("batch", [1, 4, 2])
 def test_point(dlm_bench, batch):

@@ -9,9 +9,10 @@ import torch
 
 from pytest_dlmbench import __version__
 from pytest_dlmbench.cli import main
-from pytest_dlmbench.grid import GRIDS, BenchPoint, select_points
+from pytest_dlmbench.core import BenchPoint
+from pytest_dlmbench.grid import GRIDS, select_points
 from pytest_dlmbench.memory import MemoryReport, MemoryTracker, MemoryWarning, nvml_handle
-from pytest_dlmbench.metrics import PointMetrics
+from pytest_dlmbench.core import PointMetrics
 from pytest_dlmbench.runner import Progress
 from pytest_dlmbench.timing import RegionTimer
 
@@ -100,7 +101,7 @@ def test_device_state_reads_clocks_reasons_and_other_processes(monkeypatch):
     import pynvml
 
     from pytest_dlmbench.memory import device_state
-    from pytest_dlmbench.metrics import device_state_fields
+    from pytest_dlmbench.core import device_state_fields
 
     monkeypatch.setattr(pynvml, "nvmlDeviceGetCurrentClocksEventReasons", lambda h: 0x4 | 0x40, raising=False)
     monkeypatch.setattr(pynvml, "nvmlDeviceGetClockInfo", lambda h, kind: 1980 if kind == pynvml.NVML_CLOCK_SM else 2619)

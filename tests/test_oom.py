@@ -16,7 +16,7 @@ INJECTED = """
 import weakref
 import pytest
 import torch
-from pytest_dlmbench.grid import BenchPoint
+from pytest_dlmbench.core import BenchPoint
 
 freed = []
 
@@ -62,7 +62,7 @@ def test_injected_oom_is_saved_skipped_and_the_run_goes_on(pytester):
 REAL_CUDA_OOM = """
 import pytest
 import torch
-from pytest_dlmbench.grid import BenchPoint
+from pytest_dlmbench.core import BenchPoint
 
 allocated_before = []
 

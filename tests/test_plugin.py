@@ -185,7 +185,7 @@ def test_a_users_generate_function_is_timed(pytester):
     pytester.makepyfile(test_user="""
         import time
         import torch
-        from pytest_dlmbench.grid import BenchPoint
+        from pytest_dlmbench.core import BenchPoint
 
         def test_mine(dlm_bench):
             def generate(prompt_ids):
@@ -202,7 +202,7 @@ def test_a_users_generate_function_is_timed(pytester):
 
 def test_model_cache_keeps_one_model_and_frees_the_previous():
     from pytest_dlmbench.loader import ModelCache
-    from pytest_dlmbench.options import Settings
+    from pytest_dlmbench.core import Settings
 
     cache = ModelCache(Settings(device="cpu", dtype="fp32"))
     first = cache.get("tiny-ar")

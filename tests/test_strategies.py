@@ -10,6 +10,7 @@ import torch
 
 from helpers import Recorder, new_log, prompt
 from pytest_dlmbench.paradigms import DecodeError, DecodeOptions, make_paradigm
+from pytest_dlmbench.paradigms.base import parallel_acceptance
 from pytest_dlmbench.paradigms.acceptance import TargetTPF, Threshold, choose
 
 
@@ -107,8 +108,8 @@ def test_unknown_strategy_names_the_known_ones():
 
 
 def test_acceptance_labels():
-    assert DecodeOptions(tpf=3.0).acceptance() == TargetTPF(3.0)
-    assert DecodeOptions(threshold=0.8).acceptance() == Threshold(0.8)
+    assert parallel_acceptance(DecodeOptions(tpf=3.0)) == TargetTPF(3.0)
+    assert parallel_acceptance(DecodeOptions(threshold=0.8)) == Threshold(0.8)
 
 
 @pytest.mark.parametrize(("strategy", "caches"), [("baseline", False), ("parallel", False), ("dual_cache", True)])

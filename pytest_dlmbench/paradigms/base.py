@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
+from pytest_dlmbench.core import DecodeOptions
 from pytest_dlmbench.paradigms.acceptance import Acceptance, TargetTPF, Threshold
 from pytest_dlmbench.timing import RegionTimer
 
@@ -23,27 +24,19 @@ class DecodeError(ValueError):
     """A generation request the paradigm cannot run as asked."""
 
 
-@dataclass(frozen=True)
-class DecodeOptions:
-    """Decoder knobs a user may set; each paradigm reads the ones it has."""
+def parallel_acceptance(options: DecodeOptions) -> Acceptance:
+    """The commit rule of the parallel strategies: a simulated TPF target, or the model's confidences."""
+    return TargetTPF(options.tpf) if options.tpf is not None else Threshold(options.threshold)
 
-    block_len: int = 32  # dlm: semi-autoregressive block length
-    steps: int | None = None  # dlm: total denoising steps (None: one per generated token)
-    threshold: float = 0.9  # parallel strategies: commit what is more confident than this
-    tpf: float | None = None  # parallel strategies: simulated tokens per forward (None: the model decides)
-    subblock_len: int | None = None  # block: sub-block length (None: the model's)
-    refresh_every_step: bool = False  # caching strategies: rebuild the cache at every step (a test of the plumbing)
 
-    def acceptance(self) -> Acceptance:
-        """The commit rule of the parallel strategies."""
-        return TargetTPF(self.tpf) if self.tpf is not None else Threshold(self.threshold)
+FORWARD_KINDS = ("prefill", "decode", "step", "refresh", "commit")
 
 
 @dataclass(frozen=True)
 class ForwardShape:
     """What one forward computed, per sequence: the input of the analytic roofline (roofline.py)."""
 
-    kind: str  # "prefill", "decode", "step", "refresh", "commit"
+    kind: str  # one of FORWARD_KINDS
     tokens: int  # positions forwarded (queries)
     context: int  # positions attended to (cached + forwarded)
     logits: int  # positions whose logits were computed

@@ -28,6 +28,7 @@ from pytest_dlmbench.paradigms.base import (
     ForwardLog,
     GenerationResult,
     labels,
+    parallel_acceptance,
     register,
     validate_lengths,
 )
@@ -62,7 +63,7 @@ class BlockDiffusionDecoder:
 
     @classmethod
     def from_options(cls, options: DecodeOptions, strategy: str = "baseline") -> BlockDiffusionDecoder:
-        acceptance = Threshold(1.0) if strategy == "baseline" else options.acceptance()
+        acceptance = Threshold(1.0) if strategy == "baseline" else parallel_acceptance(options)
         return cls(acceptance=acceptance, subblock_cache=strategy.endswith("subblock_cache"),
                    subblock_len=options.subblock_len, refresh_every_step=options.refresh_every_step)
 

@@ -28,6 +28,7 @@ from pytest_dlmbench.paradigms.base import (
     ForwardLog,
     GenerationResult,
     labels,
+    parallel_acceptance,
     register,
     validate_lengths,
 )
@@ -58,7 +59,7 @@ class MaskedDiffusionDecoder:
     @classmethod
     def from_options(cls, options: DecodeOptions, strategy: str = "baseline") -> MaskedDiffusionDecoder:
         cache = {"prefix_cache": "prefix", "dual_cache": "dual", "dual_cache+parallel": "dual"}.get(strategy, "none")
-        parallel = options.acceptance() if strategy.endswith("parallel") else None
+        parallel = parallel_acceptance(options) if strategy.endswith("parallel") else None
         return cls(block_len=options.block_len, steps=options.steps, cache=cache, parallel=parallel,
                    refresh_every_step=options.refresh_every_step)
 

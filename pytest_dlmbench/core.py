@@ -1,19 +1,72 @@
-"""The result of one benchmark point, with units in every name, as saved in `extra_info`.
+"""The types every layer shares: the point, its record, the settings. Imports nothing of this package.
 
-Definitions (shared/REFERENCE.md): tokens_per_s = batch * gen_len / median wall time of the
-whole generation (prefill included, device synchronized); NFE counts every model forward,
-prefill included; tokens_per_forward = gen_len / NFE (per sequence).
+A point is what is measured (`BenchPoint`); its record (`PointMetrics`) is what the gate judges,
+the saved `extra_info`, the journal line and `dlmbench compare` read; `Settings` are the parsed
+--dlm-* options (options.py builds them from one table).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import statistics
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-from pytest_dlmbench.grid import BenchPoint
-from pytest_dlmbench.memory import MemoryReport
+if TYPE_CHECKING:
+    import torch
+
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+DEFAULT_SIMULATED_TPF = 3.0  # tokens per forward of the parallel strategies on random weights
+DEFAULT_ROUNDS = 6  # gate.rounds_to_judge(30): enough to judge the standard grid's 30 points at once
+DEFAULT_MAX_ROUNDS = 20
+
+
+@dataclass(frozen=True, order=True)
+class BenchPoint:
+    """One measured configuration."""
+
+    paradigm: str
+    model: str
+    prompt_len: int
+    gen_len: int
+    batch_size: int
+    strategy: str = "baseline"
+
+    @property
+    def id(self) -> str:
+        base = f"{self.paradigm}-{self.model}-p{self.prompt_len}-g{self.gen_len}-b{self.batch_size}"
+        return base if self.strategy == "baseline" else f"{base}-{self.strategy}"
+
+    @property
+    def shape_key(self) -> tuple[str, str, int, int, int]:
+        """The point without its strategy: strategies of one shape are compared on it."""
+        return (self.paradigm, self.model, self.prompt_len, self.gen_len, self.batch_size)
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """Decoder knobs a user may set; each paradigm reads the ones it has."""
+
+    block_len: int = 32  # dlm: semi-autoregressive block length
+    steps: int | None = None  # dlm: total denoising steps (None: one per generated token)
+    threshold: float = 0.9  # parallel strategies: commit what is more confident than this
+    tpf: float | None = None  # parallel strategies: simulated tokens per forward (None: the model decides)
+    subblock_len: int | None = None  # block: sub-block length (None: the model's)
+    refresh_every_step: bool = False  # caching strategies: rebuild the cache at every step (a test of the plumbing)
+
+
+@dataclass(frozen=True)
+class MemoryReport:
+    """Peaks over one tracked region, in bytes (None where the reading is unavailable)."""
+
+    peak_allocated_bytes: int | None = None  # torch.cuda.max_memory_allocated
+    peak_reserved_bytes: int | None = None  # torch.cuda.max_memory_reserved
+    nvml_peak_used_bytes: int | None = None  # device-wide used memory, sampled
+    nvml_baseline_used_bytes: int | None = None  # device-wide used memory when tracking began
+    peak_rss_bytes: int | None = None  # CPU runs: process resident set size, sampled
+    state_start: dict[str, Any] | None = None  # device_state() when tracking began (CUDA)
+    state_end: dict[str, Any] | None = None  # device_state() when it ended
 
 
 def step_times_ms(forward_ms: dict[str, list[float]]) -> list[float]:
@@ -154,3 +207,95 @@ def device_state_fields(memory: MemoryReport) -> dict[str, Any]:
         "clock_event_reasons_end": None if reasons_end is None else tuple(reasons_end),
         "other_processes_bytes": end.get("other_processes_bytes", start.get("other_processes_bytes")),
     }
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every --dlm-* choice, validated; "auto" values stay until `resolved()`."""
+
+    grid: str = "auto"
+    paradigms: tuple[str, ...] | None = None
+    models: tuple[str, ...] | None = None
+    prompt_lens: tuple[int, ...] | None = None
+    gen_lens: tuple[int, ...] | None = None
+    batch_sizes: tuple[int, ...] | None = None
+    rounds: int = DEFAULT_ROUNDS
+    max_rounds: int = DEFAULT_MAX_ROUNDS
+    warmup: int = 1
+    max_time_s: float = 60.0
+    dtype: str = "auto"
+    device: str = "auto"
+    checkpoints: tuple[tuple[str, str], ...] = ()
+    prompts: str = "synthetic"
+    dataset: str | None = None
+    decode: DecodeOptions = field(default_factory=DecodeOptions)
+    strategies: tuple[str, ...] | None = None
+    tpf: float | None = None  # None: simulated only where the weights are random
+    boundary: bool = False
+    max_batch: int = 1024
+    isolate: str = "auto"
+    memory_limit_gib: float | None = None
+    peak_tflops: float | None = None
+    peak_gbps: float | None = None
+    measure_ceilings: bool = False
+    gate: tuple[str, ...] = ()  # METRIC:THRESHOLD rules, checked when parsed (gate.GateRule)
+    baseline: str | None = None
+    journal: str | None = None
+    allow_mismatch: bool = False
+    seed: int = 0
+
+    def to_json(self) -> str:
+        """Every field, for a probe process (`from_json` rebuilds the same Settings)."""
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> Settings:
+        fields = {name: _tuples(value) for name, value in json.loads(text).items()}
+        return cls(**fields | {"decode": DecodeOptions(**fields["decode"])})
+
+    def checkpoint(self, model: str) -> str | None:
+        return dict(self.checkpoints).get(model)
+
+    @property
+    def isolate_probes(self) -> bool:
+        return self.isolate == "on" or (self.isolate == "auto" and self.device.startswith("cuda"))
+
+    def decode_for(self, weights: str) -> DecodeOptions:
+        """Decoder options for a model with these weights: random weights cannot decide acceptance,
+        so their parallel strategies commit a simulated number of tokens per forward."""
+        tpf = self.tpf if self.tpf is not None or weights != "random" else DEFAULT_SIMULATED_TPF
+        return dataclasses.replace(self.decode, tpf=tpf)
+
+    def resolved(self) -> Settings:
+        """Concrete device, dtype and grid for this machine (imports torch)."""
+        import torch
+
+        device = self.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device.startswith("cuda"):
+            if not torch.cuda.is_available():
+                raise ValueError(f"--dlm-device={device}: CUDA is not available on this machine")
+            index = int(device.partition(":")[2] or 0)
+            if index >= torch.cuda.device_count():
+                raise ValueError(f"--dlm-device={device}: only {torch.cuda.device_count()} CUDA device(s) visible")
+        dtype = self.dtype if self.dtype != "auto" else ("bf16" if device.startswith("cuda") else "fp32")
+        grid = self.grid if self.grid != "auto" else ("standard" if device.startswith("cuda") else "smoke")
+        return dataclasses.replace(self, device=device, dtype=dtype, grid=grid)
+
+    @property
+    def torch_device(self) -> torch.device:
+        import torch
+
+        return torch.device(self.device)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        import torch
+
+        return getattr(torch, DTYPES[self.dtype])
+
+
+def _tuples(value: Any) -> Any:
+    """JSON lists back to the tuples Settings holds."""
+    return tuple(_tuples(item) for item in value) if isinstance(value, list) else value
