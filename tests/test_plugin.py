@@ -219,3 +219,29 @@ def test_help_does_not_import_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
     result = subprocess.run([sys.executable, "-m", "pytest", "--help"], capture_output=True, text=True, check=True)
     assert "--dlm-grid" in result.stdout and "--dlm-max-time" in result.stdout
+
+
+def _parallel_agreement(pytester: pytest.Pytester, *args: str) -> float | None:
+    data = run_json(pytester, "--dlm-paradigms=dlm", "--dlm-prompt=16", "--dlm-gen=32", "--dlm-batch=1",
+                    "--dlm-rounds=1", "-p", "no:cacheprovider", *args)
+    [agreement] = [b["extra_info"]["token_agreement"] for b in data["benchmarks"]
+                   if b["extra_info"]["strategy"] == "parallel"]
+    return agreement
+
+
+def test_token_agreement_does_not_depend_on_test_order(pytester):
+    in_order = _parallel_agreement(pytester, "--dlm-strategies=baseline,parallel")
+    assert in_order is not None and 0 <= in_order <= 1
+    pytester.makeconftest("""
+def pytest_collection_modifyitems(items):
+    items.reverse()  # every strategy before its baseline
+""")
+    assert _parallel_agreement(pytester, "--dlm-strategies=baseline,parallel") == in_order
+    assert _parallel_agreement(pytester, "--dlm-strategies=parallel") is None  # no baseline in the session
+
+
+def test_peak_options_give_roofline_fields_on_any_device(pytester):
+    data = run_json(pytester, *SMALL, "--dlm-paradigms=ar", "--dlm-peak-tflops=2", "--dlm-peak-gbps=50")
+    info = data["benchmarks"][0]["extra_info"]
+    assert (info["peak_tflops"], info["peak_gbps"], info["peaks_source"]) == (2.0, 50.0, "user")
+    assert info["bound"] in ("memory", "compute") and info["roofline_fraction"] > 0

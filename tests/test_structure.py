@@ -1,0 +1,102 @@
+"""The package's shape: layered imports (no cycle, no arrow upward), one options table that
+fills every Settings field and reaches probe processes whole, and a smoke run's record that
+matches a committed one key for key and in every deterministic value."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+# Inline pytester runs drop modules first imported during the run; torch cannot be imported twice.
+import torch  # noqa: F401
+import transformers.models.llama.modeling_llama  # noqa: F401
+import transformers.models.qwen2.modeling_qwen2  # noqa: F401
+
+from pytest_dlmbench.core import DecodeOptions, Settings
+from pytest_dlmbench.options import OPTIONS
+
+PACKAGE = Path(__file__).parent.parent / "pytest_dlmbench"
+# A module imports only from layers below its own (type-only imports included).
+LAYERS = (
+    {"pytest_dlmbench", "core"},
+    {"device", "models", "gate", "journal", "prompts", "paradigms.acceptance", "paradigms.kv"},
+    {"timing", "memory", "memory_model", "store", "loader", "machine"},
+    {"paradigms.base", "report"},
+    {"paradigms.ar", "paradigms.block", "paradigms.dlm"},
+    {"paradigms", "roofline"},
+    {"grid", "runner", "probe"},
+    {"options", "boundary"},
+    {"plugin", "cli"},
+)
+
+
+def module_imports() -> dict[str, set[str]]:
+    """Module name (relative to the package) -> the package's modules it imports, anywhere in it."""
+    names = {".".join(path.relative_to(PACKAGE).with_suffix("").parts).removesuffix(".__init__").removesuffix(
+        "__init__") or "pytest_dlmbench": path for path in PACKAGE.rglob("*.py")}
+    graph = {}
+    for name, path in names.items():
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            modules = ([node.module] if isinstance(node, ast.ImportFrom) and node.module else
+                       [alias.name for alias in node.names] if isinstance(node, ast.Import) else [])
+            for module in modules:
+                if not module.startswith("pytest_dlmbench"):
+                    continue
+                short = module.removeprefix("pytest_dlmbench.") if module != "pytest_dlmbench" else module
+                submodules = {f"{short}.{alias.name}" for alias in getattr(node, "names", [])} & names.keys()
+                found |= submodules or {short}
+        graph[name] = found - {name}
+    return graph
+
+
+def test_imports_only_point_down_the_layers():
+    layer = {module: index for index, modules in enumerate(LAYERS) for module in modules}
+    graph = module_imports()
+    assert set(graph) == set(layer), "place every module in a layer"
+    upward = [f"{module} -> {target}" for module, targets in graph.items() for target in targets
+              if layer[target] >= layer[module]]
+    assert upward == []
+    assert graph["core"] == set()
+
+
+def test_the_options_table_fills_every_settings_field_and_probes_get_them_all():
+    fields = {field.name for field in dataclasses.fields(Settings)} - {"decode"}
+    decode_fields = {f"decode.{field.name}" for field in dataclasses.fields(DecodeOptions)} - {
+        "decode.tpf", "decode.refresh_every_step"}  # set per model weights, and by tests only
+    assert {option.field for option in OPTIONS} == fields | decode_fields
+    assert len({option.flag for option in OPTIONS}) == len(OPTIONS)
+    changed = {field.name: value for field, value in zip(dataclasses.fields(Settings), (
+        "paper", ("dlm",), ("llada-8b",), (40,), (256,), (4, 16), 7, 9, 2, 12.5, "fp16", "cuda:1",
+        (("llada-8b", "/ckpt"),), "gsm8k", "/data", DecodeOptions(16, 64, 0.8, 2.5, 4, True), ("parallel",), 2.0,
+        True, 64, "on", 24.0, 500.0, 2000.0, True, ("tokens_per_s:5%",), "base.json", "j.jsonl", True, 3),
+        strict=True)}
+    settings = Settings(**changed)
+    assert all(getattr(settings, name) != getattr(Settings(), name) for name in changed)  # every field differs
+    assert Settings.from_json(settings.to_json()) == settings
+
+
+GRID_TEST = """
+def test_generation(dlm_bench, dlm_point):
+    dlm_bench(dlm_point)
+"""
+
+
+def test_a_smoke_run_saves_the_committed_record(pytester):
+    committed = json.loads((Path(__file__).parent / "data" / "smoke_record.json").read_text())
+    pytester.makepyfile(test_grid=GRID_TEST)
+    assert pytester.runpytest("--dlm-rounds=1", "-p", "no:cacheprovider", "--benchmark-json=out.json").ret == 0
+    saved = {bench["fullname"].partition("[")[2].rstrip("]"): bench["extra_info"]
+             for bench in json.loads((pytester.path / "out.json").read_text())["benchmarks"]}
+    assert saved.keys() == committed["points"].keys()
+    for point, info in saved.items():
+        assert sorted(info) == committed["keys"], point
+        expected = committed["points"][point]
+        numbers = [key for key, value in expected.items() if isinstance(value, float)]
+        assert {key: info[key] for key in expected if key not in numbers} == {
+            key: value for key, value in expected.items() if key not in numbers}, point
+        assert [info[key] for key in numbers] == pytest.approx([expected[key] for key in numbers], rel=1e-9), point
