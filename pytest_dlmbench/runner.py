@@ -170,7 +170,6 @@ class PointRunner:
         loaded = self.models.get(point.model)
         spec, model = loaded.spec, loaded.model
         paradigm = make_paradigm(point.paradigm, settings.decode_for(loaded.weights), point.strategy)
-        paradigm.validate(spec, point.prompt_len, point.gen_len, point.batch_size)
         prompt_ids = self._prompts(point, loaded)
         phases = paradigm.memory_phases(spec, point.prompt_len, point.gen_len)
         describe = {"weights": loaded.weights, "prompt_source": settings.prompts,
