@@ -136,6 +136,28 @@ def rounds_needed(base_rounds: int, comparisons: int, cap: int) -> int | None:
     return next((rounds for rounds in range(1, cap + 1) if smallest_p(base_rounds, rounds) < level), None)
 
 
+@dataclass(frozen=True)
+class RoundsPlan:
+    """The rounds a gated run gives each point that has a baseline: enough for its test to reach
+    the corrected level of the whole family (every gated point times every sampled rule)."""
+
+    rounds: dict[str, int]  # test id -> timed rounds
+    capped: list[str]  # points that even `cap` rounds cannot decide
+    family: int
+    level: float
+
+    @classmethod
+    def for_points(cls, baseline: dict[str, dict[str, Any]], test_ids: list[str], rules: list[GateRule],
+                   cap: int) -> RoundsPlan:
+        gated = [test_id for test_id in test_ids if test_id in baseline]
+        family = len(gated) * sum(rule.sampled for rule in rules)
+        needed = {test_id: rounds_needed(len(baseline[test_id].get("round_latencies_s") or ()), family, cap)
+                  for test_id in gated}
+        capped = [test_id for test_id, rounds in needed.items() if rounds is None] if family else []
+        return cls({test_id: cap if rounds is None else rounds for test_id, rounds in needed.items()}, capped,
+                   family, family_level(family))
+
+
 def mann_whitney_worse(base: list[float], new: list[float], direction: int) -> float:
     """The one-sided p-value that `new` is worse than `base`."""
     from scipy.stats import mannwhitneyu

@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_dlmbench.grid import SelectionError, boundary_points_for, points_for
 from pytest_dlmbench.core import BenchPoint, PointMetrics, Settings
+from pytest_dlmbench.grid import SelectionError, boundary_points_for, points_for
 from pytest_dlmbench.options import add_options, settings_from_config
 
 if TYPE_CHECKING:
     from pytest_dlmbench.boundary import BoundaryRunner
-    from pytest_dlmbench.gate import Verdict
+    from pytest_dlmbench.gate import GateRule, Verdict
     from pytest_dlmbench.journal import Journal
     from pytest_dlmbench.loader import ModelCache
     from pytest_dlmbench.memory import MemoryTracker
@@ -139,7 +139,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     config.stash[GATE_BASELINE] = baseline
 
 
-def gate_rules(settings: Settings) -> list[Any]:
+def gate_rules(settings: Settings) -> list[GateRule]:
     """The rules the session gate applies: --dlm-gate's, or the default with only a baseline."""
     from pytest_dlmbench.gate import DEFAULT_GATE, GateRule
 
@@ -218,35 +218,28 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if SELECTION_ERROR in config.stash:
         raise pytest.UsageError(config.stash[SELECTION_ERROR])
-    config.stash[BASELINE_SHAPES] = {item.callspec.params["dlm_point"].shape_key for item in items
-                                     if "dlm_point" in getattr(getattr(item, "callspec", None), "params", {})
-                                     and item.callspec.params["dlm_point"].strategy == "baseline"}
+    points = [item.callspec.params["dlm_point"] for item in items
+              if "dlm_point" in getattr(getattr(item, "callspec", None), "params", {})]
+    config.stash[BASELINE_SHAPES] = {point.shape_key for point in points if point.strategy == "baseline"}
     if GATE_BASELINE in config.stash:
         config.stash[GATE_ROUNDS] = _gate_rounds(config, items)
 
 
 def _gate_rounds(config: pytest.Config, items: list[pytest.Item]) -> dict[str, int]:
-    """Timed rounds per gated point: enough for the test against its baseline's rounds to reach the
-    corrected level of the whole family (every gated point times every sampled rule)."""
-    from pytest_dlmbench.gate import family_level, rounds_needed
+    """Timed rounds per gated point; a warning names the points even the cap cannot decide."""
+    from pytest_dlmbench.gate import RoundsPlan
 
     settings = config.stash[SETTINGS]
-    baseline = config.stash[GATE_BASELINE].points
-    gated = [item.nodeid for item in items if item.nodeid in baseline]
-    family = len(gated) * sum(rule.sampled for rule in gate_rules(settings))
-    rounds, capped = {}, []
-    for test_id in gated:
-        needed = rounds_needed(len(baseline[test_id].get("round_latencies_s") or ()), family, settings.max_rounds)
-        rounds[test_id] = settings.max_rounds if needed is None else needed
-        if needed is None:
-            capped.append(test_id)
-    if capped and family:
+    plan = RoundsPlan.for_points(config.stash[GATE_BASELINE].points, [item.nodeid for item in items],
+                                 gate_rules(settings), settings.max_rounds)
+    if plan.capped:
+        capped = plan.capped
         config.issue_config_time_warning(UserWarning(
             f"{len(capped)} gated point(s) ({', '.join(capped[:3])}{', ...' if len(capped) > 3 else ''}) have too few "
-            f"baseline rounds for the gate to reach its level {family_level(family):.2g} ({family} comparisons) "
+            f"baseline rounds for the gate to reach its level {plan.level:.2g} ({plan.family} comparisons) "
             f"even with --dlm-max-rounds={settings.max_rounds}: their changes beyond the threshold will be "
             "inconclusive; re-measure the baseline with more --dlm-rounds"), stacklevel=2)
-    return rounds
+    return plan.rounds
 
 
 def _line_writer(config: pytest.Config) -> Callable[[str], None] | None:
@@ -317,7 +310,7 @@ def dlm_bench(
         pytestconfig.stash[RESULTS][request.node.nodeid] = metrics
 
     def skip_out_of_memory(point: BenchPoint, metrics: PointMetrics) -> None:
-        pytest.skip(f"OOM: {point.id} ({(metrics.message or '').splitlines()[0][:200]})")
+        pytest.skip(f"OOM: {point.id} ({(metrics.message or '').partition(chr(10))[0][:200]})")
 
     baseline_shapes = pytestconfig.stash.get(BASELINE_SHAPES, set())
     yield PointRunner(benchmark, dlm_settings, dlm_model, _line_writer(pytestconfig), record,
