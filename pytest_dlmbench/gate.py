@@ -6,10 +6,10 @@ Mann-Whitney U test on the rounds finds the new samples worse, with Holm's step-
 over every sampled comparison of the run (so gating 30 points at once keeps the chance of any
 false alarm at `ALPHA`, not 30 x `ALPHA`). A change beyond the threshold whose rounds are too few
 for the test ever to reach the corrected level is "inconclusive": reported, never passed
-silently: inside pytest, a point whose baseline has too few rounds for that is measured to as many
-rounds as the test needs (`rounds_needed`), up to a cap. Metrics without samples (memory, FLOPs, max_batch_size, ...) are judged on the
-threshold alone. A status change away from "ok" (ok -> oom) is a regression; "untimed" (a
-boundary found but not timed) counts as completed.
+silently. Inside pytest, a point whose baseline has too few rounds for that is measured to as
+many rounds as the test needs (`RoundsPlan`), up to a cap. Metrics without samples (memory,
+FLOPs, max_batch_size, ...) are judged on the threshold alone. A status change away from "ok"
+(ok -> oom) is a regression; "untimed" (a boundary found but not timed) counts as completed.
 """
 
 from __future__ import annotations

@@ -15,7 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_dlmbench.core import DEFAULT_MAX_ROUNDS, DEFAULT_ROUNDS, DEFAULT_SIMULATED_TPF, DTYPES, DecodeOptions, Settings
+from pytest_dlmbench.core import (
+    DEFAULT_MAX_ROUNDS,
+    DEFAULT_ROUNDS,
+    DEFAULT_SIMULATED_TPF,
+    DTYPES,
+    DecodeOptions,
+    Settings,
+)
 from pytest_dlmbench.gate import GateError, GateRule
 from pytest_dlmbench.grid import GRIDS, STRATEGIES
 from pytest_dlmbench.models import MODEL_SPECS
