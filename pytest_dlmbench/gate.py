@@ -141,7 +141,7 @@ class RoundsPlan:
     """The rounds a gated run gives each point that has a baseline: enough for its test to reach
     the corrected level of the whole family (every gated point times every sampled rule)."""
 
-    rounds: dict[str, int]  # test id -> timed rounds
+    rounds: dict[str, int]  # test id -> timed rounds (0 where even the cap cannot decide: more would not help)
     capped: list[str]  # points that even `cap` rounds cannot decide
     family: int
     level: float
@@ -154,8 +154,8 @@ class RoundsPlan:
         needed = {test_id: rounds_needed(len(baseline[test_id].get("round_latencies_s") or ()), family, cap)
                   for test_id in gated}
         capped = [test_id for test_id, rounds in needed.items() if rounds is None] if family else []
-        return cls({test_id: cap if rounds is None else rounds for test_id, rounds in needed.items()}, capped,
-                   family, family_level(family))
+        return cls({test_id: rounds or 0 for test_id, rounds in needed.items()}, capped, family,
+                   family_level(family))
 
 
 def mann_whitney_worse(base: list[float], new: list[float], direction: int) -> float:
