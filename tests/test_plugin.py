@@ -125,6 +125,8 @@ def test_no_warmup_still_measures_memory_and_warns_that_timings_are_cold(pyteste
         ("--dlm-strategies=turbo", "unknown strategy 'turbo'; allowed: all, baseline, parallel"),
         ("--dlm-tpf=0.5", "'0.5' is not a tokens-per-forward target >= 1"),
         ("--dlm-threshold=0", "'0' is not a positive confidence threshold"),
+        ("--dlm-max-rounds=2", "--dlm-max-rounds=2 is below --dlm-rounds=6; it must be at least that"),
+        ("--dlm-gate=tokens_per_s=5", "'tokens_per_s=5' is not METRIC:THRESHOLD"),
     ],
 )
 def test_bad_option_values_are_usage_errors(pytester, option, message):
