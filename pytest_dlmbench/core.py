@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 DEFAULT_SIMULATED_TPF = 3.0  # tokens per forward of the parallel strategies on random weights
-DEFAULT_ROUNDS = 6  # gate.rounds_to_judge(30): enough to judge the standard grid's 30 points at once
+DEFAULT_ROUNDS = 6  # gate.rounds_needed(6, 30, ...) == 6: the fewest a side to judge the standard grid's 30 points at once
 DEFAULT_MAX_ROUNDS = 20
 
 

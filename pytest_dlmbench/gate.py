@@ -119,12 +119,6 @@ def family_level(comparisons: int) -> float:
     return ALPHA / max(1, comparisons)
 
 
-def rounds_to_judge(comparisons: int = 1) -> int:
-    """The fewest rounds a side with which the test can reach the corrected level (6 for 30 points)."""
-    level = family_level(comparisons)
-    return next(rounds for rounds in range(1, 1000) if smallest_p(rounds, rounds) < level)
-
-
 def rounds_needed(base_rounds: int, comparisons: int, cap: int) -> int | None:
     """The fewest rounds of a new run with which the test against `base_rounds` baseline rounds can
     reach the corrected level of `comparisons` tests; None when even `cap` rounds cannot.

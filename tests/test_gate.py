@@ -337,10 +337,12 @@ def test_gated_points_get_the_rounds_their_baseline_needs(pytester):
 
 
 def test_rounds_needed_and_the_corrected_levels():
-    from pytest_dlmbench.gate import holm, rounds_needed, rounds_to_judge
+    from pytest_dlmbench.gate import holm, rounds_needed
     from pytest_dlmbench.core import DEFAULT_ROUNDS
 
-    assert rounds_to_judge(30) == DEFAULT_ROUNDS == 6 and rounds_to_judge(1) == 4
+    # 6 a side is the fewest that can judge 30 points at once (5 a side cannot); 4 a side for one point
+    assert DEFAULT_ROUNDS == 6 and rounds_needed(6, 30, 6) is not None and rounds_needed(5, 30, 5) is None
+    assert rounds_needed(4, 1, 4) is not None and rounds_needed(3, 1, 3) is None
     assert rounds_needed(6, 30, 20) == 6 and rounds_needed(3, 2, 20) == 5 and rounds_needed(1, 30, 20) is None
     # Holm: the smallest p is tested at alpha / 3, the next at alpha / 2 only if the first was rejected
     base = {name: point([1.0 + i / 100 for i in range(8)]) for name in "abc"}
