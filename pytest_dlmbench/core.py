@@ -20,6 +20,9 @@ DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 DEFAULT_SIMULATED_TPF = 3.0  # tokens per forward of the parallel strategies on random weights
 DEFAULT_ROUNDS = 6  # gate.rounds_needed(6, 30, ...) == 6: the fewest a side to judge the standard grid's 30 points at once
 DEFAULT_MAX_ROUNDS = 20
+RUNTIME_NAMES = ("graphs", "eager")  # runtimes/: static shapes replayed as CUDA graphs; transformers as published
+DEFAULT_RUNTIME = "graphs"
+SAVED_BEFORE_RUNTIMES = "eager"  # points saved without a runtime key ran transformers' eager forwards
 
 
 @dataclass(frozen=True, order=True)
@@ -32,16 +35,23 @@ class BenchPoint:
     gen_len: int
     batch_size: int
     strategy: str = "baseline"
+    runtime: str = DEFAULT_RUNTIME
 
     @property
     def id(self) -> str:
         base = f"{self.paradigm}-{self.model}-p{self.prompt_len}-g{self.gen_len}-b{self.batch_size}"
-        return base if self.strategy == "baseline" else f"{base}-{self.strategy}"
+        base = base if self.strategy == "baseline" else f"{base}-{self.strategy}"
+        return base if self.runtime == DEFAULT_RUNTIME else f"{base}-{self.runtime}"
 
     @property
-    def shape_key(self) -> tuple[str, str, int, int, int]:
-        """The point without its strategy: strategies of one shape are compared on it."""
-        return (self.paradigm, self.model, self.prompt_len, self.gen_len, self.batch_size)
+    def shape_key(self) -> tuple[str, str, int, int, int, str]:
+        """The point without its strategy: strategies of one shape (and runtime) are compared on it."""
+        return (self.paradigm, self.model, self.prompt_len, self.gen_len, self.batch_size, self.runtime)
+
+    @property
+    def runtime_key(self) -> tuple[str, str, int, int, int, str]:
+        """The point without its runtime: runtimes of one point are compared on it."""
+        return (self.paradigm, self.model, self.prompt_len, self.gen_len, self.batch_size, self.strategy)
 
 
 @dataclass(frozen=True)
@@ -105,6 +115,9 @@ class PointMetrics:
     threshold: float | None = None
     tpf_target: float | None = None
     token_agreement: float | None = None  # share of tokens equal to the baseline strategy's output
+    runtime: str = DEFAULT_RUNTIME  # the execution runtime (runtimes/)
+    capture_s: float | None = None  # seconds spent capturing CUDA graphs, never timed (None: no capture)
+    runtime_agreement: float | None = None  # share of tokens equal to the same point under the session's other runtime
     predicted_peak_bytes: int | None = None  # the analytic memory model (memory_model.py)
     measured_to_predicted: float | None = None  # peak_mem_allocated_bytes / predicted_peak_bytes
     prompt_source: str = "synthetic"
@@ -134,6 +147,8 @@ class PointMetrics:
         memory: MemoryReport,
         warmup_rounds: int,
         token_agreement: float | None = None,
+        capture_s: float | None = None,
+        runtime_agreement: float | None = None,
         extra: dict[str, Any] | None = None,
     ) -> PointMetrics:
         """Derive every rate from raw readings of one point; `describe` carries the labels."""
@@ -168,6 +183,8 @@ class PointMetrics:
             warmup_rounds=warmup_rounds,
             round_latencies_s=tuple(latencies_s),
             token_agreement=token_agreement,
+            capture_s=capture_s,
+            runtime_agreement=runtime_agreement,
             measured_to_predicted=measured / predicted if measured and predicted else None,
             extra=dict(extra or {}),
             **describe,
@@ -230,6 +247,7 @@ class Settings:
     dataset: str | None = None
     decode: DecodeOptions = field(default_factory=DecodeOptions)
     strategies: tuple[str, ...] | None = None
+    runtimes: tuple[str, ...] = (DEFAULT_RUNTIME,)
     tpf: float | None = None  # None: simulated only where the weights are random
     boundary: bool = False
     max_batch: int = 1024

@@ -21,6 +21,8 @@ from typing import Any
 
 from tabulate import tabulate
 
+from pytest_dlmbench.core import SAVED_BEFORE_RUNTIMES
+
 ALPHA = 0.05  # the chance, per gated run, of failing any point that did not change
 DIRECTIONS = {  # +1: higher is better, -1: lower is better
     "tokens_per_s": +1,
@@ -238,6 +240,11 @@ def compare(base: dict[str, dict[str, Any]], new: dict[str, dict[str, Any]], rul
             verdicts.append(Verdict(point, "status", old_status, new_status, f"{old_status} -> {new_status}", verdict))
             continue
         if new_status not in COMPLETED:
+            continue
+        old_runtime, new_runtime = (run[point].get("runtime", SAVED_BEFORE_RUNTIMES) for run in (base, new))
+        if old_runtime != new_runtime:  # a runtime change is not a code change: nothing to judge
+            verdicts.append(Verdict(point, "runtime", old_runtime, new_runtime, f"{old_runtime} -> {new_runtime}",
+                                    "not comparable"))
             continue
         verdicts += [judge(point, rule, base[point], new[point]) for rule in rules]
     return holm(verdicts)

@@ -18,8 +18,10 @@ from typing import TYPE_CHECKING, Any
 from pytest_dlmbench.core import (
     DEFAULT_MAX_ROUNDS,
     DEFAULT_ROUNDS,
+    DEFAULT_RUNTIME,
     DEFAULT_SIMULATED_TPF,
     DTYPES,
+    RUNTIME_NAMES,
     DecodeOptions,
     Settings,
 )
@@ -177,6 +179,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("--dlm-strategies", "strategies", "Comma-separated strategies, each run where the paradigm has it "
            f"({', '.join(STRATEGIES)} or all). Default: the grid's (smoke: all; standard: baseline; paper: "
            "baseline, dual_cache, parallel).", _names("strategy", dict.fromkeys(STRATEGIES))),
+    Option("--dlm-runtime", "runtimes", "How forwards run: graphs (static shapes, each forward shape captured once "
+           "as a CUDA graph and replayed; uncaptured on the CPU), eager (transformers as the published decoders use "
+           "it), a comma-separated list, or all; points not under the default get the runtime in their id. "
+           f"Default: {DEFAULT_RUNTIME}.", _names("runtime", dict.fromkeys(RUNTIME_NAMES)), (DEFAULT_RUNTIME,)),
     Option("--dlm-threshold", "decode.threshold", "Parallel strategies with real weights: commit masked positions "
            "more confident than this. Default: 0.9.", _number(1e-9, "a positive confidence threshold"), 0.9),
     Option("--dlm-tpf", "tpf", "Parallel strategies: commit this many of the most confident positions per forward "

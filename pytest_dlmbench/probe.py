@@ -22,6 +22,7 @@ from pytest_dlmbench.device import limit_memory
 from pytest_dlmbench.memory import MemoryTracker, is_out_of_memory, release_memory
 from pytest_dlmbench.paradigms import ForwardLog
 from pytest_dlmbench.prompts import synthetic_prompts
+from pytest_dlmbench.runtimes import make_runtime
 from pytest_dlmbench.timing import RegionTimer
 
 
@@ -49,7 +50,7 @@ def probe_in_process(settings: Settings, point: BenchPoint, model: Any, spec: An
     try:
         prompt_ids = synthetic_prompts(spec.prompt_vocab_limit, point.batch_size, point.prompt_len, settings.seed, device)
         with torch.inference_mode(), MemoryTracker(device) as tracker:
-            paradigm.probe(model, spec, prompt_ids, point.gen_len, log)
+            paradigm.probe(make_runtime(point.runtime, model), spec, prompt_ids, point.gen_len, log)
     except Exception as error:  # noqa: BLE001
         if not is_out_of_memory(error):
             raise

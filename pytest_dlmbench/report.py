@@ -9,9 +9,10 @@ from typing import Any
 
 from tabulate import tabulate
 
-from pytest_dlmbench.core import PointMetrics
+from pytest_dlmbench.core import SAVED_BEFORE_RUNTIMES, PointMetrics
 
-SUMMARY_HEADERS = ("paradigm", "strategy", "model", "prompt", "gen", "batch", "tok/s", "ms/forward", "NFE", "TPF", "peak MiB", "status")
+SUMMARY_HEADERS = ("paradigm", "strategy", "runtime", "model", "prompt", "gen", "batch", "tok/s", "ms/forward", "NFE",
+                   "TPF", "peak MiB", "status")
 
 
 def _mib(value: int | None) -> float | None:
@@ -21,7 +22,7 @@ def _mib(value: int | None) -> float | None:
 def summary_table(results: Iterable[PointMetrics]) -> str:
     """One row per point; peak memory is torch's allocated peak on CUDA and RSS on CPU."""
     rows = [
-        (m.paradigm, m.strategy, m.model, m.prompt_len, m.gen_len, m.batch_size, m.tokens_per_s, m.ms_per_forward, m.nfe,
+        (m.paradigm, m.strategy, m.runtime, m.model, m.prompt_len, m.gen_len, m.batch_size, m.tokens_per_s, m.ms_per_forward, m.nfe,
          m.tokens_per_forward, _mib(m.peak_bytes), m.status)
         for m in results
     ]
@@ -30,18 +31,22 @@ def summary_table(results: Iterable[PointMetrics]) -> str:
 
 # ---- `dlmbench report`: markdown tables and figures from saved runs -------------------------
 
-REPORT_HEADERS = ("run", "paradigm", "strategy", "model", "prompt", "gen", "batch", "status", "tok/s", "ms/forward",
+REPORT_HEADERS = ("run", "paradigm", "strategy", "runtime", "model", "prompt", "gen", "batch", "status", "tok/s", "ms/forward",
                   "NFE", "TPF", "peak GiB", "AI (FLOP/B)", "AI paper", "TFLOP/s", "roofline %", "bound")
 
 
 def _points(runs: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
-    return [dict(info, run=label, test=test) for label, points in runs.items() for test, info in points.items()
-            if "paradigm" in info]
+    points = [{"runtime": SAVED_BEFORE_RUNTIMES, **info, "run": label, "test": test} for label, points in runs.items()
+              for test, info in points.items() if "paradigm" in info]
+    several = len({p["runtime"] for p in points}) > 1
+    for p in points:
+        label = p["paradigm"] if p.get("strategy", "baseline") == "baseline" else f"{p['paradigm']}+{p['strategy']}"
+        p["label"] = f"{label} [{p['runtime']}]" if several else label
+    return points
 
 
 def _series_label(point: dict[str, Any], runs: int) -> str:
-    label = point["paradigm"] if point.get("strategy", "baseline") == "baseline" else f"{point['paradigm']}+{point['strategy']}"
-    return f"{point['run']}: {label}" if runs > 1 else label
+    return f"{point['run']}: {point['label']}" if runs > 1 else point["label"]
 
 
 def report_table(points: list[dict[str, Any]]) -> str:
@@ -49,15 +54,48 @@ def report_table(points: list[dict[str, Any]]) -> str:
         return None if value is None else value / 2**30
 
     rows = sorted(
-        ((p["run"], p["paradigm"], p.get("strategy", "baseline"), p["model"], p["prompt_len"], p["gen_len"],
+        ((p["run"], p["paradigm"], p.get("strategy", "baseline"), p["runtime"], p["model"], p["prompt_len"], p["gen_len"],
           p["batch_size"], p.get("status", "ok"), p.get("tokens_per_s"), p.get("ms_per_forward"), p.get("nfe"),
           p.get("tokens_per_forward"), gib(p.get("peak_mem_allocated_bytes") or p.get("peak_rss_bytes")),
           p.get("arithmetic_intensity"), p.get("ai_paper"), p.get("achieved_tflops"),
           None if p.get("roofline_fraction") is None else 100 * p["roofline_fraction"], p.get("bound"))
          for p in points),
-        key=lambda row: tuple(str(v) if isinstance(v, str) or v is None else f"{v:012.3f}" for v in row[:7]),
+        key=lambda row: tuple(str(v) if isinstance(v, str) or v is None else f"{v:012.3f}" for v in row[:8]),
     )
     return tabulate(rows, headers=REPORT_HEADERS, tablefmt="github", floatfmt=".3g", missingval="-")
+
+
+HOST_TAX_HEADERS = ("paradigm", "strategy", "model", "prompt", "gen", "batch", "eager tok/s", "graphs tok/s",
+                    "speed-up", "eager ms/forward", "graphs ms/forward", "capture s", "equal tokens")
+
+
+def host_tax_table(points: list[dict[str, Any]]) -> str | None:
+    """Each point measured under both eager and graphs (in any of the runs): what the host costs."""
+    done = [p for p in points if p.get("status", "ok") == "ok" and p.get("tokens_per_s")]
+    by_runtime = {(p["runtime"], p["paradigm"], p.get("strategy", "baseline"), p["model"], p["prompt_len"],
+                   p["gen_len"], p["batch_size"]): p for p in done}
+    rows = []
+    for (runtime, *key), graphs in sorted(by_runtime.items(), key=lambda item: str(item[0])):
+        eager = by_runtime.get(("eager", *key))
+        if runtime == "graphs" and eager is not None:
+            rows.append((*key, eager["tokens_per_s"], graphs["tokens_per_s"],
+                         graphs["tokens_per_s"] / eager["tokens_per_s"], eager.get("ms_per_forward"),
+                         graphs.get("ms_per_forward"), graphs.get("capture_s"),
+                         graphs.get("runtime_agreement", eager.get("runtime_agreement"))))
+    return tabulate(rows, headers=HOST_TAX_HEADERS, tablefmt="github", floatfmt=".3g", missingval="-") if rows else None
+
+
+def paradigm_order(points: list[dict[str, Any]]) -> str | None:
+    """At batch 1, the baseline paradigms from fastest to slowest per (run, runtime, prompt, gen)."""
+    order: dict[tuple[Any, ...], list[tuple[float, str]]] = {}
+    for p in points:
+        if p["batch_size"] == 1 and p.get("strategy", "baseline") == "baseline" and p.get("tokens_per_s"):
+            order.setdefault((p["run"], p["runtime"], p["prompt_len"], p["gen_len"]), []).append(
+                (p["tokens_per_s"], p["paradigm"]))
+    rows = [(*key, " > ".join(f"{name} {rate:.1f}" for rate, name in sorted(ranked, reverse=True)))
+            for key, ranked in sorted(order.items()) if len(ranked) > 1]
+    return tabulate(rows, headers=("run", "runtime", "prompt", "gen", "tok/s, fastest first"),
+                    tablefmt="github") if rows else None
 
 
 @contextmanager
@@ -113,11 +151,11 @@ def _sweep_figure(points: list[dict[str, Any]], runs: int, x_key: str, title: st
 
 def _speedup_figure(points: list[dict[str, Any]], runs: int, path: Path) -> bool:
     """Each strategy's throughput over its paradigm's baseline at the same point, against batch size."""
-    baseline = {(p["run"], p["paradigm"], p["model"], p["prompt_len"], p["gen_len"], p["batch_size"]): p
+    baseline = {(p["run"], p["runtime"], p["paradigm"], p["model"], p["prompt_len"], p["gen_len"], p["batch_size"]): p
                 for p in points if p.get("strategy", "baseline") == "baseline" and p.get("tokens_per_s")}
     ratios: dict[tuple[str, int], list[tuple[int, float]]] = {}
     for p in points:
-        key = (p["run"], p["paradigm"], p["model"], p["prompt_len"], p["gen_len"], p["batch_size"])
+        key = (p["run"], p["runtime"], p["paradigm"], p["model"], p["prompt_len"], p["gen_len"], p["batch_size"])
         if p.get("strategy", "baseline") != "baseline" and p.get("tokens_per_s") and key in baseline:
             ratios.setdefault((_series_label(p, runs), p["prompt_len"]), []).append(
                 (p["batch_size"], p["tokens_per_s"] / baseline[key]["tokens_per_s"]))
@@ -191,6 +229,14 @@ def write_report(run_paths: list[str], out: str | Path) -> list[Path]:
         "AI: analytic arithmetic intensity of the whole generation; AI paper: the seed paper's Appendix A closed "
         "form (none for caching strategies); roofline %: measured tokens/s over the roofline-attainable tokens/s.",
     ]
+    for title, table, note in (
+        ("Paradigm order at batch 1", paradigm_order(points), "Baseline strategies only."),
+        ("Host tax: eager against graphs", host_tax_table(points),
+         "Points measured under both runtimes; capture s is never timed; equal tokens: the share of tokens equal "
+         "under both runtimes (bf16 kernels differ, so ties can break differently)."),
+    ):
+        if table is not None:
+            lines += ["", f"## {title}", "", table, "", note]
     markdown = folder / "report.md"
     atomic_write_text(markdown, "\n".join(lines) + "\n")
     return [markdown, *figures]

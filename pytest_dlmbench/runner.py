@@ -26,6 +26,7 @@ from pytest_dlmbench.paradigms import ForwardLog, GenerationResult, Paradigm, ma
 from pytest_dlmbench.paradigms.base import ForwardLimitReached
 from pytest_dlmbench.prompts import gsm8k_prompts, load_gsm8k, synthetic_prompts
 from pytest_dlmbench.roofline import Peaks, empty_roofline, roofline_fields
+from pytest_dlmbench.runtimes import Runtime, make_runtime
 from pytest_dlmbench.timing import RegionTimer
 
 if TYPE_CHECKING:
@@ -42,6 +43,10 @@ GenerateFn = Callable[["torch.Tensor"], "torch.Tensor | GenerationResult"]
 
 class RoundsWarning(UserWarning):
     """A point's timed rounds take longer than its time budget (they are not cut)."""
+
+
+class CaptureWarning(UserWarning):
+    """A graph was captured during a timed round (a forward shape the untimed runs did not have)."""
 
 
 class Progress:
@@ -72,6 +77,7 @@ class PointPlan:
     decoder: tuple[ModelSpec, Paradigm] | None = None
     prime: Callable[[], None] | None = None  # on a model's first point: a short untimed start-up run
     baseline_tokens: Callable[[], torch.Tensor] | None = None  # the baseline strategy's output, untimed
+    runtime: Runtime | None = None  # the built-in paradigms' execution runtime, its graphs kept for the point
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,7 @@ class Measurement:
     results: list[GenerationResult]  # one per timed round
     latencies_s: list[float]
     memory: MemoryReport
+    capture_s: float | None = None  # the runtime's capture time, all untimed runs together
 
 
 class PointRunner:
@@ -104,6 +111,7 @@ class PointRunner:
         self.write_line = write_line
         self.record = record
         self.baselines = baselines if baselines is not None else {}  # shape key -> baseline strategy's tokens
+        self.runtime_tokens: dict[tuple[Any, ...], torch.Tensor] = {}  # runtime key -> tokens of the first runtime
         self.gate_rounds = gate_rounds  # the rounds the gate needs to judge this point against its baseline
         self.baseline_selected = baseline_selected  # does the session run this point's baseline strategy?
         self.on_oom = on_oom  # called with an out-of-memory point's record (the fixture skips the test)
@@ -125,7 +133,9 @@ class PointRunner:
                 self.keep(failed_record(point, plan.describe, status, message, memory_now(device), extra))
                 raise
         else:
-            record = self.assemble(plan, measurement, self._agreement(plan, measurement.results[-1].tokens), extra)
+            tokens = measurement.results[-1].tokens
+            record = self.assemble(plan, measurement, self._agreement(plan, tokens), extra)
+            record = dataclasses.replace(record, runtime_agreement=self._runtime_agreement(point, tokens))
             self.benchmark.extra_info.update(record.to_extra_info())
             self.keep(record)
             return record
@@ -155,7 +165,7 @@ class PointRunner:
              progress: Progress) -> PointPlan:
         settings = self.settings
         device = settings.torch_device
-        labels = {"dtype": settings.dtype, "device": settings.device}
+        labels = {"dtype": settings.dtype, "device": settings.device, "runtime": point.runtime}
         if generate is not None:
             if vocab_size is None:
                 raise ValueError("dlm_bench(point, generate=fn) also needs vocab_size= for the prompt ids")
@@ -176,8 +186,10 @@ class PointRunner:
                     "predicted_peak_bytes": predicted_peak_bytes(spec, phases, point.batch_size, settings.dtype),
                     **paradigm.describe(spec, point.gen_len)} | labels
 
+        runtime = make_runtime(point.runtime, model)
+
         def run(decoder: Paradigm, log: ForwardLog) -> GenerationResult:
-            return decoder.generate(model, spec, prompt_ids, point.gen_len, log)
+            return decoder.generate(runtime, spec, prompt_ids, point.gen_len, log)
 
         def prime() -> None:  # a few forwards absorb the process's CUDA/cuBLAS start-up, untimed
             with contextlib.suppress(ForwardLimitReached):
@@ -188,7 +200,8 @@ class PointRunner:
             return run(baseline, ForwardLog(RegionTimer(device))).tokens
 
         return PointPlan(point, lambda: run(paradigm, ForwardLog(RegionTimer(device), progress)), describe,
-                         (spec, paradigm), prime if self.models.first_use(point.model) else None, baseline_tokens)
+                         (spec, paradigm), prime if self.models.first_use(point.model) else None, baseline_tokens,
+                         runtime)
 
     def measure(self, plan: PointPlan, progress: Progress) -> Measurement:
         """Start-up run, warm-up (memory tracked on the first), then the timed rounds under pytest-benchmark."""
@@ -200,6 +213,9 @@ class PointRunner:
             if plan.prime is not None:
                 plan.prime()
             memory, warm_s = MemoryReport(), None
+            if settings.warmup == 0 and plan.runtime is not None and plan.runtime.capture_s is not None:
+                progress.phase = "capturing graphs"
+                plan.run_once()  # untimed: capture is never timed, even without warm-up
             for index in range(settings.warmup):
                 progress.phase = f"warm-up {index + 1}/{settings.warmup}"
                 tracker = MemoryTracker(device) if index == 0 else nullcontext()
@@ -210,6 +226,7 @@ class PointRunner:
                 warm_s = time.perf_counter() - began
                 if index == 0:
                     memory = tracker.report
+            captured_s = plan.runtime.capture_s if plan.runtime is not None else None
             rounds = max(settings.rounds, self.gate_rounds)
             if warm_s is not None and rounds * warm_s > settings.max_time_s:
                 warnings.warn(
@@ -236,7 +253,11 @@ class PointRunner:
                                         iterations=1, warmup_rounds=0)
             if settings.warmup == 0:
                 memory = tracker.report
-        return Measurement(results, latencies, memory)
+        capture_s = plan.runtime.capture_s if plan.runtime is not None else None
+        if capture_s != captured_s:
+            warnings.warn(f"{progress.label}: a forward shape was first captured in a timed round (its capture, "
+                          f"{capture_s - captured_s:.2f} s, is in that round's time)", CaptureWarning, stacklevel=2)
+        return Measurement(results, latencies, memory, capture_s)
 
     def assemble(self, plan: PointPlan, measurement: Measurement, agreement: float | None,
                  extra: dict[str, Any] | None) -> PointMetrics:
@@ -249,7 +270,7 @@ class PointRunner:
         record = PointMetrics.from_run(
             point, describe=plan.describe, latencies_s=measurement.latencies_s, nfe=results[-1].nfe or None,
             forward_ms=forward_ms, memory=measurement.memory, warmup_rounds=self.settings.warmup,
-            token_agreement=agreement, extra=extra,
+            token_agreement=agreement, capture_s=measurement.capture_s, extra=extra,
         )
         if plan.decoder is None:
             return dataclasses.replace(record, roofline=empty_roofline())
@@ -278,6 +299,14 @@ class PointRunner:
                 self.baselines[point.shape_key] = plan.baseline_tokens().cpu()
         baseline = self.baselines[point.shape_key]
         return float((tokens.cpu() == baseline).float().mean()) if baseline.shape == tokens.shape else None
+
+    def _runtime_agreement(self, point: BenchPoint, tokens: torch.Tensor) -> float | None:
+        """Share of tokens equal to the same point under the runtime the session ran first."""
+        first = self.runtime_tokens.get(point.runtime_key)
+        if first is None:
+            self.runtime_tokens[point.runtime_key] = tokens.cpu()
+            return None
+        return float((tokens.cpu() == first).float().mean()) if first.shape == tokens.shape else None
 
     def _prompts(self, point: BenchPoint, loaded: Any) -> torch.Tensor:
         settings = self.settings

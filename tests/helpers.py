@@ -8,6 +8,7 @@ import torch
 
 from pytest_dlmbench.models import ModelSpec, build_model, get_spec
 from pytest_dlmbench.paradigms import ForwardLog
+from pytest_dlmbench.runtimes import Runtime, make_runtime
 from pytest_dlmbench.timing import RegionTimer
 
 CPU = torch.device("cpu")
@@ -16,6 +17,11 @@ CPU = torch.device("cpu")
 def tiny(name: str, seed: int = 0) -> tuple[ModelSpec, Any]:
     spec = get_spec(name)
     return spec, build_model(spec, CPU, torch.float32, seed=seed)
+
+
+def on(model: Any, runtime: str = "eager") -> Runtime:
+    """`model` under `runtime` (transformers' eager forwards unless a test asks for another)."""
+    return make_runtime(runtime, model)
 
 
 def new_log() -> ForwardLog:

@@ -10,7 +10,7 @@ import pytest
 # Inline pytester runs drop modules first imported during the run; torch cannot be imported twice.
 import torch
 
-from helpers import new_log, prompt, tiny
+from helpers import new_log, on, prompt, tiny
 from pytest_dlmbench.boundary import ProbeResult, find_max_batch
 from pytest_dlmbench.paradigms import DecodeOptions, make_paradigm
 from pytest_dlmbench.store import load_run
@@ -45,8 +45,8 @@ def test_probes_are_a_few_forwards_and_run_every_forward_shape_of_the_peak(model
     paradigm = make_paradigm(spec.paradigm, DecodeOptions(tpf=3.0), strategy)
     probe_log, full_log = new_log(), new_log()
     with torch.inference_mode():
-        paradigm.probe(model, spec, prompt(spec, 2, prompt_len), 256, probe_log)
-        paradigm.generate(model, spec, prompt(spec, 2, prompt_len), 256, full_log)
+        paradigm.probe(on(model), spec, prompt(spec, 2, prompt_len), 256, probe_log)
+        paradigm.generate(on(model), spec, prompt(spec, 2, prompt_len), 256, full_log)
     assert 1 <= probe_log.nfe <= most_forwards
 
     def shapes(log, context):

@@ -5,32 +5,35 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import Recorder, new_log, prompt, reference_block_diffusion, reference_llada
+from helpers import Recorder, new_log, on, prompt, reference_block_diffusion, reference_llada
 from pytest_dlmbench.paradigms import DecodeError, DecodeOptions, make_paradigm
 from pytest_dlmbench.paradigms.acceptance import linear_schedule
+from pytest_dlmbench.runtimes import RUNTIMES
 
 
 
 
 
+@pytest.mark.parametrize("runtime", RUNTIMES)
 @pytest.mark.parametrize(("batch", "prompt_len", "gen_len"), [(1, 7, 20), (3, 40, 33)])
-def test_ar_equals_transformers_generate(tiny_ar, batch, prompt_len, gen_len):
+def test_ar_equals_transformers_generate(tiny_ar, batch, prompt_len, gen_len, runtime):
     spec, model = tiny_ar
     ids = prompt(spec, batch, prompt_len)
-    result = make_paradigm("ar", DecodeOptions()).generate(model, spec, ids, gen_len, new_log())
+    result = make_paradigm("ar", DecodeOptions()).generate(on(model, runtime), spec, ids, gen_len, new_log())
     expected = model.generate(ids, max_new_tokens=gen_len, min_new_tokens=gen_len, do_sample=False)
     assert torch.equal(result.tokens, expected[:, prompt_len:])
     assert result.nfe == gen_len
     assert len(result.forward_ms["prefill"]) == 1 and len(result.forward_ms["decode"]) == gen_len - 1
 
 
+@pytest.mark.parametrize("runtime", RUNTIMES)
 @pytest.mark.parametrize(("batch", "gen_len", "block_len", "steps"), [(1, 32, 32, 32), (2, 64, 16, 24), (2, 32, 8, 8)])
-def test_dlm_equals_reference_sampler(tiny_dlm, batch, gen_len, block_len, steps):
+def test_dlm_equals_reference_sampler(tiny_dlm, batch, gen_len, block_len, steps, runtime):
     spec, model = tiny_dlm
     ids = prompt(spec, batch, 12)
     decoder = make_paradigm("dlm", DecodeOptions(block_len=block_len, steps=steps))
     with torch.inference_mode():
-        result = decoder.generate(model, spec, ids, gen_len, new_log())
+        result = decoder.generate(on(model, runtime), spec, ids, gen_len, new_log())
         expected = reference_llada(model, ids, gen_len, block_len, steps, spec.mask_token_id)
     assert torch.equal(result.tokens, expected)
     assert not (result.tokens == spec.mask_token_id).any()
@@ -44,7 +47,7 @@ def test_dlm_commits_the_scheduled_count_in_the_current_block_only(tiny_dlm):
     recorder = Recorder(model)
     with torch.inference_mode():
         result = make_paradigm("dlm", DecodeOptions(block_len=block_len, steps=steps)).generate(
-            recorder, spec, ids, gen_len, new_log()
+            on(recorder), spec, ids, gen_len, new_log()
         )
     states = [x[:, prompt_len:] for x in recorder.inputs] + [result.tokens]
     steps_per_block = steps // (gen_len // block_len)
@@ -76,12 +79,13 @@ def test_dlm_attention_is_bidirectional(tiny_dlm):
     assert not torch.allclose(first, second), "position 0 did not see a change at the last position"
 
 
+@pytest.mark.parametrize("runtime", RUNTIMES)
 @pytest.mark.parametrize(("batch", "prompt_len", "gen_len"), [(1, 40, 64), (2, 32, 40), (2, 5, 30), (1, 64, 8)])
-def test_block_equals_no_cache_reference(tiny_block, batch, prompt_len, gen_len):
+def test_block_equals_no_cache_reference(tiny_block, batch, prompt_len, gen_len, runtime):
     spec, model = tiny_block
     ids = prompt(spec, batch, prompt_len)
     with torch.inference_mode():
-        result = make_paradigm("block", DecodeOptions()).generate(model, spec, ids, gen_len, new_log())
+        result = make_paradigm("block", DecodeOptions()).generate(on(model, runtime), spec, ids, gen_len, new_log())
         expected = reference_block_diffusion(model, ids, gen_len, spec.block_size, spec.subblock_size,
                                              spec.mask_token_id)
     assert torch.equal(result.tokens, expected)
@@ -92,7 +96,7 @@ def test_block_forward_count_matches_the_algorithm(tiny_block):
     spec, model = tiny_block
     prompt_len, gen_len, size = 40, 64, spec.block_size
     with torch.inference_mode():
-        result = make_paradigm("block", DecodeOptions()).generate(model, spec, prompt(spec, 1, prompt_len), gen_len,
+        result = make_paradigm("block", DecodeOptions()).generate(on(model), spec, prompt(spec, 1, prompt_len), gen_len,
                                                                   new_log())
     block_starts = range(prompt_len // size * size, prompt_len + gen_len, size)
     shifted = sum(1 for start in block_starts if start >= prompt_len)  # first tokens from the previous forward

@@ -9,7 +9,7 @@ import transformers.models.qwen2.modeling_qwen2  # noqa: F401
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from helpers import new_log, prompt, tiny
+from helpers import new_log, on, prompt, tiny
 from pytest_dlmbench.paradigms import DecodeOptions, make_paradigm
 from pytest_dlmbench.paradigms.base import ForwardShape
 from pytest_dlmbench.roofline import Peaks, attended_pairs, forward_cost, roofline_fields, table_peaks
@@ -56,7 +56,7 @@ def test_flops_match_torch_flop_counter(model_name, strategy):
     log = new_log()
     with torch.inference_mode():
         make_paradigm(spec.paradigm, DecodeOptions(block_len=16, tpf=2.0), strategy).generate(
-            counting, spec, prompt(spec, 2, 40), 32, log)
+            on(counting), spec, prompt(spec, 2, 40), 32, log)
     assert len(counting.flops) == len(log.shapes)
     compared = 0
     for counted, shape in zip(counting.flops, log.shapes):

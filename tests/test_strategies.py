@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 import torch
 
-from helpers import Recorder, new_log, prompt
+from helpers import Recorder, new_log, on, prompt
 from pytest_dlmbench.paradigms import DecodeError, DecodeOptions, make_paradigm
 from pytest_dlmbench.paradigms.base import parallel_acceptance
 from pytest_dlmbench.paradigms.acceptance import TargetTPF, Threshold, choose
@@ -20,7 +20,7 @@ def generate(model_and_spec, paradigm, strategy, options, prompt_len=10, gen_len
     spec, model = model_and_spec
     decoder = make_paradigm(paradigm, options, strategy)
     with torch.inference_mode():
-        return decoder.generate(model, spec, prompt(spec, batch, prompt_len), gen_len, new_log())
+        return decoder.generate(on(model), spec, prompt(spec, batch, prompt_len), gen_len, new_log())
 
 
 REFRESH = dict(refresh_every_step=True)
@@ -80,7 +80,7 @@ def test_dlm_simulated_tpf_commits_the_target_per_forward(tiny_dlm):
     recorder = Recorder(model)
     decoder = make_paradigm("dlm", DecodeOptions(block_len=16, tpf=3.0), "parallel")
     with torch.inference_mode():
-        result = decoder.generate(recorder, spec, prompt(spec, 2, 10), 32, new_log())
+        result = decoder.generate(on(recorder), spec, prompt(spec, 2, 10), 32, new_log())
     states = [x[:, 10:] for x in recorder.inputs] + [result.tokens]
     commits = [int((a != b).sum(dim=1)[0]) for a, b in zip(states, states[1:])]
     assert commits == [3, 3, 3, 3, 3, 1] * 2  # 16 tokens per block: five forwards of 3, then the last one
@@ -128,5 +128,5 @@ def test_dlm_builds_a_kv_cache_only_in_the_caching_strategies(tiny_dlm, strategy
 
     with torch.inference_mode():
         make_paradigm("dlm", DecodeOptions(block_len=16, tpf=4.0), strategy).generate(
-            Spy(), spec, prompt(spec, 1, 10), 32, new_log())
+            on(Spy()), spec, prompt(spec, 1, 10), 32, new_log())
     assert any(built) == caches  # an unused cache would cost batch x length x KV bytes of memory

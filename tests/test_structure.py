@@ -23,8 +23,9 @@ PACKAGE = Path(__file__).parent.parent / "pytest_dlmbench"
 # A module imports only from layers below its own (type-only imports included).
 LAYERS = (
     {"pytest_dlmbench", "core"},
-    {"device", "models", "gate", "journal", "prompts", "paradigms.acceptance", "paradigms.kv"},
-    {"timing", "memory", "memory_model", "store", "loader", "machine"},
+    {"device", "models", "gate", "journal", "prompts", "paradigms.acceptance", "runtimes.base"},
+    {"timing", "memory", "memory_model", "store", "loader", "machine", "runtimes.eager", "runtimes.graphs"},
+    {"runtimes"},
     {"paradigms.base", "report"},
     {"paradigms.ar", "paradigms.block", "paradigms.dlm"},
     {"paradigms", "roofline"},
@@ -72,7 +73,7 @@ def test_the_options_table_fills_every_settings_field_and_probes_get_them_all():
     assert len({option.flag for option in OPTIONS}) == len(OPTIONS)
     changed = {field.name: value for field, value in zip(dataclasses.fields(Settings), (
         "paper", ("dlm",), ("llada-8b",), (40,), (256,), (4, 16), 7, 9, 2, 12.5, "fp16", "cuda:1",
-        (("llada-8b", "/ckpt"),), "gsm8k", "/data", DecodeOptions(16, 64, 0.8, 2.5, 4, True), ("parallel",), 2.0,
+        (("llada-8b", "/ckpt"),), "gsm8k", "/data", DecodeOptions(16, 64, 0.8, 2.5, 4, True), ("parallel",), ("eager",), 2.0,
         True, 64, "on", 24.0, 500.0, 2000.0, True, ("tokens_per_s:5%",), "base.json", "j.jsonl", True, 3),
         strict=True)}
     settings = Settings(**changed)

@@ -7,13 +7,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pytest_dlmbench.memory_model import Phase, parameter_count
 from pytest_dlmbench.paradigms.base import DecodeOptions, ForwardLog, GenerationResult, register, validate_lengths
-from pytest_dlmbench.paradigms.kv import extend
 
 if TYPE_CHECKING:
     import torch
-    from transformers import PreTrainedModel
 
     from pytest_dlmbench.models import ModelSpec
+    from pytest_dlmbench.runtimes import Runtime
 
 
 @register
@@ -43,33 +42,31 @@ class AutoregressiveDecoder:
         return [Phase(prompt_len, prompt_len, 1, cache_grows=False), Phase(prompt_len + gen_len, 1, 1)]
 
     def generate(
-        self, model: PreTrainedModel, spec: ModelSpec, prompt_ids: torch.Tensor, gen_len: int, log: ForwardLog
+        self, runtime: Runtime, spec: ModelSpec, prompt_ids: torch.Tensor, gen_len: int, log: ForwardLog
     ) -> GenerationResult:
         import torch
-        from transformers import DynamicCache
 
-        self.validate(spec, prompt_ids.shape[1], gen_len, prompt_ids.shape[0])
-        cache = DynamicCache(config=model.config)
-        tokens = torch.empty(prompt_ids.shape[0], gen_len, dtype=torch.long, device=prompt_ids.device)
-        prompt_len = prompt_ids.shape[1]
+        batch, prompt_len = prompt_ids.shape
+        self.validate(spec, prompt_len, gen_len, batch)
+        cache = runtime.new_cache(batch, prompt_len + gen_len)
+        tokens = torch.empty(batch, gen_len, dtype=torch.long, device=prompt_ids.device)
         with log.forward("prefill", prompt_len, prompt_len, 1, "causal", prompt_len):  # its last logit is token 0
-            logits = model(prompt_ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+            logits = runtime.forward(prompt_ids, 0, 1, cache, keep=True, attention="causal")
         tokens[:, 0] = logits[:, -1].argmax(dim=-1)
         for position in range(1, gen_len):
             with log.forward("decode", 1, prompt_len + position, 1, "causal", 1):  # (batch, 1) in, (batch, 1, vocab) out
-                logits = model(tokens[:, position - 1 : position], past_key_values=cache, use_cache=True).logits
+                logits = runtime.forward(tokens[:, position - 1 : position], prompt_len + position - 1, 1, cache,
+                                         keep=True)
             tokens[:, position] = logits[:, -1].argmax(dim=-1)
         return log.result(tokens)
 
-    def probe(self, model: PreTrainedModel, spec: ModelSpec, prompt_ids: torch.Tensor, gen_len: int, log: ForwardLog) -> None:
+    def probe(self, runtime: Runtime, spec: ModelSpec, prompt_ids: torch.Tensor, gen_len: int, log: ForwardLog) -> None:
         """The prefill, then the last two decode steps on a cache padded to its final length."""
-        from transformers import DynamicCache
-
-        cache = DynamicCache(config=model.config)
         batch, prompt_len = prompt_ids.shape
+        cache = runtime.new_cache(batch, prompt_len + gen_len)
         with log.forward("prefill", prompt_len, prompt_len, 1, "causal", prompt_len):
-            model(prompt_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        extend(cache, prompt_len + gen_len - 3, model, batch)
+            runtime.forward(prompt_ids, 0, 1, cache, keep=True, attention="causal")
+        cache.extend(prompt_len + gen_len - 3)
         for position in range(max(1, gen_len - 2), gen_len):
             with log.forward("decode", 1, prompt_len + position, 1, "causal", 1):
-                model(prompt_ids[:, -1:], past_key_values=cache, use_cache=True)
+                runtime.forward(prompt_ids[:, -1:], prompt_len + position - 1, 1, cache, keep=True)

@@ -32,21 +32,12 @@ from pytest_dlmbench.paradigms.base import (
     register,
     validate_lengths,
 )
-from pytest_dlmbench.paradigms.kv import drop_span, extend, forward_span, truncate
 
 if TYPE_CHECKING:
     import torch
-    from transformers import PreTrainedModel
 
     from pytest_dlmbench.models import ModelSpec
-
-
-def block_causal_mask(length: int, block_size: int, device: torch.device) -> torch.Tensor:
-    """(1, 1, length, length) bool: position q may attend to k when block(q) >= block(k)."""
-    import torch
-
-    blocks = torch.arange(length, device=device) // block_size
-    return (blocks[:, None] >= blocks[None, :])[None, None]
+    from pytest_dlmbench.runtimes import Runtime
 
 
 @register
@@ -97,19 +88,18 @@ class BlockDiffusionDecoder:
         if spec.block_size % subblock:
             raise DecodeError(f"subblock_len={subblock} must divide {spec.name}'s block size {spec.block_size}")
 
-    def probe(self, model: PreTrainedModel, spec: ModelSpec, prompt_ids: torch.Tensor, gen_len: int, log: ForwardLog) -> None:
+    def probe(self, runtime: Runtime, spec: ModelSpec, prompt_ids: torch.Tensor, gen_len: int, log: ForwardLog) -> None:
         """The prefill, then the last two blocks on a cache padded to the length they start at, two
         steps per sub-block (the first and a later one; the rest repeat their shapes)."""
-        self.generate(model, spec, prompt_ids, gen_len, log, resume_blocks=2)
+        self.generate(runtime, spec, prompt_ids, gen_len, log, resume_blocks=2)
 
     def generate(
-        self, model: PreTrainedModel, spec: ModelSpec, prompt_ids: torch.Tensor, gen_len: int, log: ForwardLog,
+        self, runtime: Runtime, spec: ModelSpec, prompt_ids: torch.Tensor, gen_len: int, log: ForwardLog,
         resume_blocks: int | None = None,
     ) -> GenerationResult:
         """`resume_blocks=n` decodes only the last n blocks, on a zero-padded cache, two steps per
         sub-block (memory probes)."""
         import torch
-        from transformers import DynamicCache
 
         batch, prompt_len = prompt_ids.shape
         self.validate(spec, prompt_len, gen_len, batch)
@@ -119,24 +109,24 @@ class BlockDiffusionDecoder:
         total = prompt_len + gen_len
         answer = torch.full((batch, gen_len), mask_id, dtype=torch.long, device=prompt_ids.device)
         x = torch.cat([prompt_ids, answer], dim=1)  # (batch, total)
-        cache = DynamicCache(config=model.config)
+        cache = runtime.new_cache(batch, total)
         aligned = prompt_len // block_size * block_size
-        next_logits = None  # (batch, 1, vocab): the prediction for the next block's first position
+        first_token = None  # (batch,): the prediction for the next block's first position
         if aligned:
             with log.forward("prefill", aligned, aligned, 1, "block_causal", aligned):
-                mask = block_causal_mask(aligned, block_size, x.device)
-                out = model(x[:, :aligned], attention_mask=mask, past_key_values=cache, use_cache=True, logits_to_keep=1)
-            next_logits = out.logits[:, -1:]
+                logits = runtime.forward(x[:, :aligned], 0, 1, cache, keep=True, attention="block_causal",
+                                         block_size=block_size)
+            first_token = greedy_confidence(logits[:, -1:], mask_id)[1][:, 0]
         starts = list(range(aligned, total, block_size))
         if resume_blocks is not None and len(starts) > resume_blocks:
             starts = starts[-resume_blocks:]
-            extend(cache, starts[0], model, batch)
-            if next_logits is None:  # nothing was prefilled: any prediction will do for a probe
-                next_logits = torch.zeros(batch, 1, spec.vocab_size, device=x.device)
+            cache.extend(starts[0])
+            if first_token is None:  # nothing was prefilled: any prediction will do for a probe
+                first_token = torch.zeros(batch, dtype=torch.long, device=x.device)
         for start in starts:
             end = min(start + block_size, total)
             if start >= prompt_len:  # token shift: the previous forward's last logit predicts it
-                x[:, start] = greedy_confidence(next_logits, mask_id)[1][:, 0]
+                x[:, start] = first_token
             for sub_start in range(start, end, subblock_size):
                 sub = slice(sub_start, min(sub_start + subblock_size, end))
                 span_start = max(sub.start - 1, start)  # the sub-block and the position its first logit comes from
@@ -149,26 +139,24 @@ class BlockDiffusionDecoder:
                         x[:, sub] = x[:, sub].masked_fill(x[:, sub] == mask_id, 0)
                         break
                     if not self.subblock_cache or step == 0 or self.refresh_every_step:
-                        truncate(cache, start)
+                        cache.truncate(start)
                         kind = "step" if not self.subblock_cache or step == 0 else "refresh"
                         with log.forward(kind, end - start, end, sub.stop - sub.start, kv_written=end - start):
-                            # (batch, block) against the cached prefix, no mask
-                            logits = model(x[:, start:end], past_key_values=cache, use_cache=True, is_causal=False,
-                                           logits_to_keep=shifted - start).logits  # (batch, sub-block, vocab)
+                            # (batch, block) against the cached prefix, no mask -> (batch, sub-block, vocab)
+                            logits = runtime.forward(x[:, start:end], start, shifted - start, cache,
+                                                     keep=self.subblock_cache)
                         if self.subblock_cache:
-                            drop_span(cache, span_start, sub.stop)  # keep prefix + the rest of the block
-                        else:
-                            truncate(cache, start)
+                            cache.drop(span_start, sub.stop)  # keep prefix + the rest of the block
                     if self.subblock_cache and step > 0:
                         with log.forward("step", sub.stop - span_start, end, sub.stop - sub.start,
                                          kv_written=sub.stop - span_start):
-                            logits = forward_span(model, x[:, span_start : sub.stop], span_start, cache,
-                                                  shifted - span_start, is_causal=False)
+                            logits = runtime.forward(x[:, span_start : sub.stop], span_start, shifted - span_start,
+                                                     cache)
                     x[:, sub] = commit(x[:, sub], logits, mask_id, next(counts), threshold)
                     step += 1
-            truncate(cache, start)
+            cache.truncate(start)
             if end < total:
                 with log.forward("commit", end - start, end, 1, kv_written=end - start):  # append the block's KV
-                    out = model(x[:, start:end], past_key_values=cache, use_cache=True, is_causal=False, logits_to_keep=1)
-                next_logits = out.logits[:, -1:]
+                    logits = runtime.forward(x[:, start:end], start, 1, cache, keep=True)
+                first_token = greedy_confidence(logits[:, -1:], mask_id)[1][:, 0]
         return log.result(x[:, prompt_len:])

@@ -32,13 +32,12 @@ from pytest_dlmbench.paradigms.base import (
     register,
     validate_lengths,
 )
-from pytest_dlmbench.paradigms.kv import drop_span, forward_span, truncate
 
 if TYPE_CHECKING:
     import torch
-    from transformers import PreTrainedModel
 
     from pytest_dlmbench.models import ModelSpec
+    from pytest_dlmbench.runtimes import Runtime
 
 CACHES = ("none", "prefix", "dual")
 
@@ -101,10 +100,9 @@ class MaskedDiffusionDecoder:
             )
 
     def generate(
-        self, model: PreTrainedModel, spec: ModelSpec, prompt_ids: torch.Tensor, gen_len: int, log: ForwardLog
+        self, runtime: Runtime, spec: ModelSpec, prompt_ids: torch.Tensor, gen_len: int, log: ForwardLog
     ) -> GenerationResult:
         import torch
-        from transformers import DynamicCache
 
         batch, prompt_len = prompt_ids.shape
         self.validate(spec, prompt_len, gen_len, batch)
@@ -116,32 +114,32 @@ class MaskedDiffusionDecoder:
         for start in range(prompt_len, total, self.block_len):
             end = start + self.block_len
             counts = acceptance.counts(self.block_len)
-            cache, step = None, 0
+            step = 0
             while bool((x[:, start:end] == mask_id).any()):
                 if self.cache == "none":
                     with log.forward("step", total, total, self.block_len):  # bidirectional; this block's logits only
-                        logits = model(x, use_cache=False, logits_to_keep=block_rows + start).logits  # (batch, block, vocab)
+                        logits = runtime.forward(x, 0, block_rows + start)  # (batch, block, vocab)
                 if self.cache != "none" and (step == 0 or self.refresh_every_step):
-                    cache = DynamicCache(config=model.config)
+                    cache = runtime.new_cache(batch, total)
                     with log.forward("refresh", total, total, self.block_len, kv_written=total):  # also fills the cache
-                        logits = model(x, past_key_values=cache, use_cache=True, logits_to_keep=block_rows + start).logits
+                        logits = runtime.forward(x, 0, block_rows + start, cache, keep=True)
                     if self.cache == "prefix":
-                        truncate(cache, start)  # keep positions before the block
+                        cache.truncate(start)  # keep positions before the block
                     else:
-                        drop_span(cache, start, end)  # keep prefix and suffix
+                        cache.drop(start, end)  # keep prefix and suffix
                 if self.cache != "none" and step > 0:
                     span_end = total if self.cache == "prefix" else end  # prefix: the block and all after it
                     with log.forward("step", span_end - start, total, self.block_len, kv_written=span_end - start):
-                        logits = forward_span(model, x[:, start:span_end], start, cache, block_rows)
+                        logits = runtime.forward(x[:, start:span_end], start, block_rows, cache)
                 x[:, start:end] = commit(x[:, start:end], logits, mask_id, next(counts), acceptance.threshold)
                 step += 1
         return log.result(x[:, prompt_len:])
 
-    def probe(self, model: PreTrainedModel, spec: ModelSpec, prompt_ids: torch.Tensor, gen_len: int, log: ForwardLog) -> None:
+    def probe(self, runtime: Runtime, spec: ModelSpec, prompt_ids: torch.Tensor, gen_len: int, log: ForwardLog) -> None:
         """Every step has the same shapes (with a cache: the same refresh-then-step pattern per
         block), so the first three forwards reach the peak."""
         log.limit = log.nfe + 3
         try:
-            self.generate(model, spec, prompt_ids, gen_len, log)
+            self.generate(runtime, spec, prompt_ids, gen_len, log)
         except ForwardLimitReached:
             pass

@@ -1,0 +1,83 @@
+"""The execution layer the paradigms call: a KV cache by absolute position and one forward call.
+
+A paradigm never calls the model itself. It asks its runtime for a cache and for forwards of a
+span of ids placed at positions [start, start + n). A forward attends to what the cache holds
+plus its own keys; with `keep=True` its keys stay cached, otherwise the cache is as before (a
+runtime may leave the span's slots written: a paradigm never reads a position it did not keep
+or did not cache again). Cache edits (`truncate`, `drop`) name absolute positions, so a runtime
+may store keys in any order: attention without a mask does not depend on the keys' order.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import TYPE_CHECKING, ClassVar, Protocol
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel
+
+ATTENTION_KINDS = ("full", "causal", "block_causal")
+
+
+class KVCache(Protocol):
+    """Keys and values of a batch of sequences, by absolute position."""
+
+    def truncate(self, length: int) -> None:
+        """Forget every position from `length` on."""
+        ...
+
+    def drop(self, start: int, end: int) -> None:
+        """Forget positions [start, end) (the cache holds every position below `end` when called)."""
+        ...
+
+    def extend(self, length: int) -> None:
+        """Hold zero keys up to `length`: the cache a generation would have built by then, for
+        memory probes that skip the forwards that build it."""
+        ...
+
+
+class Runtime(Protocol):
+    """Runs one model's forwards; one instance per benchmark point, reused by its rounds."""
+
+    name: ClassVar[str]
+    model: PreTrainedModel
+    capture_s: float | None  # seconds spent capturing or compiling so far (None: nothing is captured)
+
+    def new_cache(self, batch: int, capacity: int) -> KVCache:
+        """An empty cache for `batch` sequences of at most `capacity` positions."""
+        ...
+
+    def forward(self, ids: torch.Tensor, start: int, rows: torch.Tensor | int, cache: KVCache | None = None,
+                keep: bool = False, attention: str = "full", block_size: int | None = None) -> torch.Tensor:
+        """Logits of `ids` (batch, n) placed at positions start.. against `cache`.
+
+        rows: indices into the n positions, or k for the last k; attention: one of ATTENTION_KINDS
+        ("causal" and "block_causal" only on an empty cache; "block_causal" needs `block_size`).
+        Returns (batch, rows, vocab), valid until the next forward of this runtime.
+        """
+        ...
+
+
+def cache_keyword(model: PreTrainedModel) -> str:
+    """The name the model's forward gives its cache argument: `cache` in newer transformers,
+    `past_key_values` before (the old name is deprecated where the new one exists)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def block_causal_mask(length: int, block_size: int, device: torch.device) -> torch.Tensor:
+    """(1, 1, length, length) bool: position q may attend to k when block(q) >= block(k)."""
+    import torch
+
+    blocks = torch.arange(length, device=device) // block_size
+    return (blocks[:, None] >= blocks[None, :])[None, None]
+
+
+def check_attention(attention: str, cached: int, block_size: int | None) -> None:
+    """Masks over a cache are not needed by any paradigm; refuse them rather than guess."""
+    if attention not in ATTENTION_KINDS:
+        raise ValueError(f"attention={attention!r}; allowed: {', '.join(ATTENTION_KINDS)}")
+    if attention != "full" and cached:
+        raise ValueError(f"attention={attention!r} needs an empty cache, which holds {cached} positions")
+    if attention == "block_causal" and not block_size:
+        raise ValueError("attention='block_causal' needs block_size")

@@ -1,0 +1,249 @@
+"""Static shapes, each forward shape captured once as a CUDA graph and replayed.
+
+The KV cache is allocated once at its final length, one slot per absolute position; a forward
+writes its keys into its positions' slots and attends to the slots [0, window). Positions,
+write slots, rows and masks are device tensors copied in before a replay, so one graph serves
+every call of its shape. Attention is this module's own SDPA call (registered with
+transformers' AttentionInterface): it passes no mask where the window is exact, so the fused
+flash/cuDNN kernels run, and folds grouped query heads into rows where a mask is needed, since
+SDPA's fused kernels take a mask only without `enable_gqa`. Decode steps, whose context grows
+by one, attend to a window rounded up to WINDOW_BUCKET slots under a length mask, so a
+generation captures a handful of decode graphs instead of one per step.
+
+On the CPU the same static code runs without capture: the tests prove it equal to eager.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pytest_dlmbench.device import is_cuda
+from pytest_dlmbench.runtimes.base import block_causal_mask, cache_keyword, check_attention
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    import torch
+    from transformers import PreTrainedModel
+
+ATTENTION_NAME = "dlmbench_window"  # the attention implementation this runtime registers
+WINDOW_BUCKET = 256  # decode windows are multiples of this many slots
+
+
+def window_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                     attention_mask: Any, dropout: float = 0.0, scaling: float | None = None,
+                     is_causal: bool = False, window_mask: torch.Tensor | None = None,
+                     **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """query (B, H, n, D), key/value (B, KVH, k, D), window_mask (1, 1, n, k) bool -> (B, n, H, D).
+
+    transformers' own `attention_mask` is ignored: the runtime passes the only mask it means.
+    """
+    import torch.nn.functional as F
+
+    attention_mask = window_mask
+    batch, heads, n, dim = query.shape
+    groups = heads // key.shape[1]
+    if attention_mask is None:
+        out = F.scaled_dot_product_attention(query, key, value, is_causal=is_causal, scale=scaling,
+                                             enable_gqa=groups > 1)
+    else:  # each KV head's `groups` query heads become groups * n rows of one head
+        folded = query.reshape(batch, key.shape[1], groups * n, dim)  # (B, KVH, groups * n, D)
+        mask = attention_mask[:, :, None].expand(-1, -1, groups, -1, -1).reshape(
+            attention_mask.shape[0], 1, groups * n, attention_mask.shape[-1])  # (1|B, 1, groups * n, k)
+        out = F.scaled_dot_product_attention(folded, key, value, attn_mask=mask, scale=scaling).reshape(
+            batch, heads, n, dim)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def register_attention() -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(ATTENTION_NAME, window_attention)
+
+
+def static_cache_class() -> type:
+    """A transformers Cache (so type checks pass) whose layers are slices of preallocated slots."""
+    from transformers import Cache
+
+    class StaticKV(Cache):
+        def __init__(self, model: PreTrainedModel, batch: int, capacity: int) -> None:  # noqa: D107
+            import torch
+
+            config = model.config
+            shape = (batch, config.num_key_value_heads, capacity, config.head_dim)  # (B, KVH, slots, D)
+            self.keys = [torch.zeros(shape, dtype=model.dtype, device=model.device)
+                         for _ in range(config.num_hidden_layers)]
+            self.values = [torch.zeros_like(keys) for keys in self.keys]
+            self.capacity = capacity
+            self.layers: list[Any] = []  # transformers' per-layer objects: none, the slots are above
+            self.held: list[tuple[int, int]] = []  # cached position ranges, sorted
+            self.slots: torch.Tensor | None = None  # (n,) where the running forward writes
+            self.window = 0  # the running forward attends to slots [0, window)
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any,
+                   **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+            self.keys[layer_idx].index_copy_(2, self.slots, key_states)
+            self.values[layer_idx].index_copy_(2, self.slots, value_states)
+            return self.keys[layer_idx][:, :, : self.window], self.values[layer_idx][:, :, : self.window]
+
+        def get_seq_length(self, layer_idx: int = 0) -> int:
+            return self.window
+
+        def cached(self) -> int:
+            return sum(end - start for start, end in self.held)
+
+        def keep(self, start: int, end: int) -> None:
+            self.held = merge([*self.held, (start, end)])
+
+        def truncate(self, length: int) -> None:
+            self.held = [(start, min(end, length)) for start, end in self.held if start < length]
+
+        def drop(self, start: int, end: int) -> None:
+            self.held = [(a, b) for held in self.held for a, b in ((held[0], min(held[1], start)),
+                                                                   (max(held[0], end), held[1])) if a < b]
+
+        def extend(self, length: int) -> None:
+            self.keep(0, length)
+
+        def context_end(self, start: int, end: int) -> int:
+            """The end of what a forward over [start, end) sees, which must be [0, that end)."""
+            seen = merge([*self.held, (start, end)])
+            if seen[0][0] != 0 or len(seen) > 1:
+                raise ValueError(f"a forward over [{start}, {end}) would see positions {seen}, not one span from 0")
+            return seen[0][1]
+
+    return StaticKV
+
+
+def merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(ranges):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+@dataclass
+class Captured:
+    """One captured forward shape: its input buffers and the graph that reads them."""
+
+    ids: torch.Tensor  # (B, n)
+    slots: torch.Tensor  # (n,) positions
+    rows: torch.Tensor | int
+    mask: torch.Tensor | None  # (1, 1, n, window) bool
+    logits: torch.Tensor | None = None  # (B, rows, vocab), written by the graph
+    graph: Any = None
+
+
+class GraphRuntime:
+    """Static-shape forwards through this module's attention; on CUDA each shape is a CUDA graph."""
+
+    name: ClassVar[str] = "graphs"
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        import torch
+
+        register_attention()
+        self.model = model
+        self.keyword = cache_keyword(model)
+        self.capture = is_cuda(model.device)
+        self.capture_s: float | None = 0.0 if self.capture else None
+        self.graphs: dict[tuple[Any, ...], Captured] = {}
+        self.caches: dict[tuple[int, int], Any] = {}  # by (batch, slots)
+        self.outputs: dict[tuple[Any, ...], torch.Tensor] = {}  # logits buffers, by shape and dtype
+        self.pool = torch.cuda.graph_pool_handle() if self.capture else None
+        self._cache_class = static_cache_class()
+
+    def new_cache(self, batch: int, capacity: int) -> Any:
+        """The runtime's one cache of this size, emptied: captured graphs hold its slots' addresses."""
+        slots = -(-capacity // WINDOW_BUCKET) * WINDOW_BUCKET if self.capture else capacity
+        if (batch, slots) not in self.caches:
+            self.caches[batch, slots] = self._cache_class(self.model, batch, slots)
+        cache = self.caches[batch, slots]
+        cache.held = []
+        return cache
+
+    def forward(self, ids: torch.Tensor, start: int, rows: torch.Tensor | int, cache: Any = None,
+                keep: bool = False, attention: str = "full", block_size: int | None = None) -> torch.Tensor:
+        import torch
+
+        n = ids.shape[1]
+        check_attention(attention, cache.cached() if cache is not None else 0, block_size)
+        window = valid = cache.context_end(start, start + n) if cache is not None else n
+        masked = attention == "block_causal"
+        if cache is not None and n == 1:  # a decode step: a bucketed window under a length mask
+            window, masked = min(cache.capacity, -(-valid // WINDOW_BUCKET) * WINDOW_BUCKET), True
+        key = (tuple(ids.shape), window, masked, attention, rows if isinstance(rows, int) else len(rows),
+               id(cache))
+        captured = self.graphs.get(key)
+        if captured is None:
+            captured = Captured(ids.clone(), torch.empty(n, dtype=torch.long, device=ids.device),
+                                rows if isinstance(rows, int) else rows.clone(),
+                                torch.empty(1, 1, n, window, dtype=torch.bool, device=ids.device) if masked else None)
+        captured.ids.copy_(ids)
+        torch.add(torch.arange(n, device=ids.device), start, out=captured.slots)  # (n,) positions
+        if not isinstance(rows, int):
+            captured.rows.copy_(rows)
+        if attention == "block_causal":
+            captured.mask.copy_(block_causal_mask(n, block_size, ids.device))
+        elif masked:
+            torch.lt(torch.arange(window, device=ids.device), valid, out=captured.mask[0, 0, 0])
+        if cache is not None:
+            cache.slots, cache.window = captured.slots, window
+        if not self.capture:
+            logits = self._run(captured, cache, attention)
+        else:
+            if captured.graph is None:
+                self._capture(captured, cache, attention)
+                self.graphs[key] = captured
+            captured.graph.replay()
+            logits = captured.logits
+        if cache is not None and keep:
+            cache.keep(start, start + n)
+        return logits
+
+    def _run(self, captured: Captured, cache: Any, attention: str) -> torch.Tensor:
+        """The model's forward on the captured inputs, as transformers runs it with this attention."""
+        kwargs: dict[str, Any] = {"is_causal": attention == "causal", "window_mask": captured.mask}
+        if cache is not None:
+            kwargs[self.keyword] = cache
+        with attention_implementation(self.model, ATTENTION_NAME):
+            return self.model(captured.ids, position_ids=captured.slots[None], use_cache=cache is not None,
+                              logits_to_keep=captured.rows, **kwargs).logits
+
+    def _capture(self, captured: Captured, cache: Any, attention: str) -> None:
+        """Warm up once on a side stream (it writes the keys the replay will), then record the
+        forward into `captured.graph`, writing a logits buffer shared by the graphs of its shape."""
+        import torch
+
+        began = time.perf_counter()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            logits = self._run(captured, cache, attention)
+        torch.cuda.current_stream().wait_stream(side)
+        shape = (tuple(logits.shape), logits.dtype)
+        if shape not in self.outputs:
+            self.outputs[shape] = torch.empty_like(logits)
+        captured.logits = self.outputs[shape]
+        captured.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(captured.graph, pool=self.pool):
+            captured.logits.copy_(self._run(captured, cache, attention))
+        torch.cuda.synchronize()
+        self.capture_s = (self.capture_s or 0.0) + time.perf_counter() - began
+
+
+@contextmanager
+def attention_implementation(model: PreTrainedModel, name: str) -> Iterator[None]:
+    """The model runs `name` as its attention inside the block."""
+    previous = model.config._attn_implementation
+    model.config._attn_implementation = name
+    try:
+        yield
+    finally:
+        model.config._attn_implementation = previous

@@ -1,0 +1,123 @@
+"""The execution runtimes: the graphs runtime's static-shape code (run uncaptured on the CPU)
+gives eager's tokens for every paradigm and strategy; both speak transformers' old and new
+cache argument; bad requests are refused."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from helpers import new_log, on, prompt, tiny
+from pytest_dlmbench.core import DEFAULT_RUNTIME, RUNTIME_NAMES, BenchPoint
+from pytest_dlmbench.paradigms import PARADIGMS, DecodeOptions, make_paradigm
+from pytest_dlmbench.runtimes import RUNTIMES, make_runtime
+from pytest_dlmbench.runtimes.base import cache_keyword
+
+MODELS = {"ar": "tiny-ar", "dlm": "tiny-dlm", "block": "tiny-block"}
+CASES = [(paradigm, strategy) for paradigm, cls in PARADIGMS.items() for strategy in cls.strategies]
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {paradigm: tiny(name) for paradigm, name in MODELS.items()}
+
+
+def tokens(spec, model, paradigm, strategy, options, runtime, prompt_len, gen_len=64):
+    with torch.inference_mode():
+        return make_paradigm(paradigm, options, strategy).generate(
+            on(model, runtime), spec, prompt(spec, 2, prompt_len), gen_len, new_log())
+
+
+@pytest.mark.parametrize("options", [DecodeOptions(block_len=16, tpf=2.5), DecodeOptions(block_len=16, threshold=0.02)],
+                         ids=["simulated", "model"])
+@pytest.mark.parametrize("prompt_len", [10, 40])  # block diffusion: no aligned prefix, and a partial block
+@pytest.mark.parametrize(("paradigm", "strategy"), CASES)
+def test_graphs_gives_eager_tokens_for_every_paradigm_and_strategy(models, paradigm, strategy, options, prompt_len):
+    spec, model = models[paradigm]
+    eager = tokens(spec, model, paradigm, strategy, options, "eager", prompt_len)
+    graphs = tokens(spec, model, paradigm, strategy, options, "graphs", prompt_len)
+    assert torch.equal(eager.tokens, graphs.tokens)
+    assert eager.nfe == graphs.nfe and eager.shapes == graphs.shapes
+
+
+def test_the_registry_is_the_option_list():
+    assert set(RUNTIMES) == set(RUNTIME_NAMES) and DEFAULT_RUNTIME in RUNTIMES
+    with pytest.raises(ValueError, match="unknown runtime 'jit'; known runtimes: graphs, eager"):
+        make_runtime("jit", None)
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_installed_transformers_gets_its_own_cache_argument_without_a_deprecation(models, runtime):
+    spec, model = models["ar"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a deprecated `past_key_values` would raise here
+        tokens(spec, model, "ar", "baseline", DecodeOptions(), runtime, 10, gen_len=4)
+
+
+class OldSignature(torch.nn.Module):
+    """A model whose forward names its cache `past_key_values` only, as transformers before `cache`."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.calls = 0
+
+    def forward(self, input_ids, past_key_values=None, **kwargs):
+        self.calls += past_key_values is not None
+        if "cache" in kwargs:
+            raise TypeError("forward() got an unexpected keyword argument 'cache'")
+        keyword = cache_keyword(self.model)
+        return self.model(input_ids, **{keyword: past_key_values} if past_key_values is not None else {}, **kwargs)
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.model, name)
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("paradigm", ["ar", "block"])
+def test_a_forward_that_names_past_key_values_gets_it(models, runtime, paradigm):
+    spec, model = models[paradigm]
+    old = OldSignature(model)
+    assert cache_keyword(old) == "past_key_values" and cache_keyword(model) in ("cache", "past_key_values")
+    options = DecodeOptions(tpf=2.0)
+    strategy = PARADIGMS[paradigm].strategies[-1]
+    expected = tokens(spec, model, paradigm, strategy, options, runtime, 40)
+    got = tokens(spec, old, paradigm, strategy, options, runtime, 40)
+    assert torch.equal(expected.tokens, got.tokens) and old.calls == got.nfe
+
+
+def test_graphs_refuses_a_forward_that_would_see_a_gap(models):
+    spec, model = models["dlm"]
+    runtime = make_runtime("graphs", model)
+    cache = runtime.new_cache(1, 32)
+    with torch.inference_mode():
+        runtime.forward(prompt(spec, 1, 32), 0, 1, cache, keep=True)
+        cache.drop(8, 16)
+        with pytest.raises(ValueError, match=r"a forward over \[20, 24\) would see positions \[\(0, 8\), \(16, 32\)\]"):
+            runtime.forward(prompt(spec, 1, 4), 20, 1, cache)
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_masked_attention_needs_an_empty_cache(models, runtime):
+    spec, model = models["block"]
+    executor = make_runtime(runtime, model)
+    cache = executor.new_cache(1, 64)
+    with torch.inference_mode():
+        executor.forward(prompt(spec, 1, 32), 0, 1, cache, keep=True)
+        with pytest.raises(ValueError, match="attention='causal' needs an empty cache, which holds 32 positions"):
+            executor.forward(prompt(spec, 1, 8), 32, 1, cache, attention="causal")
+        with pytest.raises(ValueError, match="attention='sliding'; allowed: full, causal, block_causal"):
+            executor.forward(prompt(spec, 1, 8), 32, 1, cache, attention="sliding")
+
+
+def test_point_ids_name_the_runtime_only_when_not_the_default():
+    point = BenchPoint("dlm", "llada-8b", 40, 256, 1, "dual_cache")
+    assert point.id == "dlm-llada-8b-p40-g256-b1-dual_cache"
+    eager = BenchPoint("dlm", "llada-8b", 40, 256, 1, "dual_cache", "eager")
+    assert eager.id == "dlm-llada-8b-p40-g256-b1-dual_cache-eager"
+    assert eager.runtime_key == point.runtime_key and eager.shape_key != point.shape_key
