@@ -14,7 +14,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from pytest_dlmbench.models import build_model, get_spec
-from pytest_dlmbench.runtimes import make_runtime
+from pytest_dlmbench.runtimes import graphs, make_runtime
 
 
 def replay_ms(fn, repeats=30):
@@ -71,8 +71,9 @@ def main():
                 built[name] = build_model(get_spec(name), device, torch.bfloat16)
             model = built[name]
             spec = get_spec(name)
-            for runtime_name in ("eager", "graphs"):
-                runtime = make_runtime(runtime_name, model)
+            for runtime_name in ("eager", "graphs", "graphs-unfused-norms"):
+                graphs.FUSE_NORMS = runtime_name == "graphs"
+                runtime = make_runtime(runtime_name.partition("-")[0], model)
                 ids = torch.randint(0, 1000, (1, length + (span or 0)), device=device)
                 if span is None:  # one full bidirectional forward, block logits
                     rows = torch.arange(32, device=device) + length - 32
@@ -86,7 +87,7 @@ def main():
                 groups, counts, total = kernels(fn)
                 print(f"{case} {runtime_name}: {ms:.2f} ms/forward; kernels {total}; "
                       + "; ".join(f"{k} {groups[k]:.2f} ms x{counts[k]}" for k in sorted(groups)), flush=True)
-                if runtime_name == "graphs":
+                if runtime_name == "graphs" and case in ("ar", "dlm1176"):
                     with profile(activities=[ProfilerActivity.CUDA]) as prof:
                         fn()
                         torch.cuda.synchronize()

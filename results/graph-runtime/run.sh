@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Graph-runtime measurements on the GPU. Usage, from the repository root:
+#   OUT=folder results/graph-runtime/run.sh aa NAME        # one run of the A/A pair under graphs
+#   OUT=folder results/graph-runtime/run.sh grid PROMPT     # B=1 grid and strategy table, both runtimes
+#   OUT=folder results/graph-runtime/run.sh batch           # the batch sweep (4, 16) at gen 256, both runtimes
+# Each invocation's wall time (captures and warm-up included) is printed and kept in OUT/walltime.txt.
+set -u
+: "${OUT:?set OUT}"
+mkdir -p "$OUT"
+P=(python -m pytest benchmarks/test_generation.py -p no:cacheprovider -q --dlm-grid=standard)
+run() {  # NAME [options]
+  local name=$1 start=$SECONDS
+  shift
+  "${P[@]}" --benchmark-json="$OUT/$name.json" --dlm-journal="$OUT/$name.jsonl" "$@" >"$OUT/$name.log" 2>&1
+  local rc=$?
+  echo "$name rc=$rc $((SECONDS - start))s" | tee -a "$OUT/walltime.txt"
+}
+case $1 in
+  aa)  # ar, dlm, block; p40, p920; g256; B 1 (all) and 16 (ar, block: dlm at batch 16 costs minutes a round)
+    run "$2-b1" --dlm-gen=256 --dlm-batch=1 --dlm-rounds=4
+    run "$2-b16" --dlm-gen=256 --dlm-batch=16 --dlm-paradigms=ar,block --dlm-rounds=4
+    dlmbench merge "$OUT/$2-b1.json" "$OUT/$2-b16.json" --out "$OUT/$2.json" ;;
+  grid)  # every strategy at gen 256 and the baselines at gen 64, batch 1, eager and graphs, per prompt
+    for runtime in eager graphs; do
+      run "grid-p$2-$runtime" --dlm-prompt="$2" --dlm-gen=64,256 --dlm-batch=1 --dlm-strategies=all \
+        --dlm-runtime="$runtime" --dlm-rounds=2
+    done ;;
+  batch)
+    for runtime in eager graphs; do
+      run "batch-$runtime" --dlm-gen=256 --dlm-batch=4,16 --dlm-prompt=40 --dlm-runtime="$runtime" --dlm-rounds=2
+    done ;;
+esac
