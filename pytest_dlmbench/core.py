@@ -118,6 +118,7 @@ class PointMetrics:
     runtime: str = DEFAULT_RUNTIME  # the execution runtime (runtimes/)
     capture_s: float | None = None  # seconds spent capturing CUDA graphs, never timed (None: no capture)
     runtime_agreement: float | None = None  # share of tokens equal to the same point under the session's other runtime
+    point_wall_s: float | None = None  # the point's whole time: start-up, capture, warm-up and rounds
     predicted_peak_bytes: int | None = None  # the analytic memory model (memory_model.py)
     measured_to_predicted: float | None = None  # peak_mem_allocated_bytes / predicted_peak_bytes
     prompt_source: str = "synthetic"

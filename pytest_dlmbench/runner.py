@@ -135,7 +135,8 @@ class PointRunner:
         else:
             tokens = measurement.results[-1].tokens
             record = self.assemble(plan, measurement, self._agreement(plan, tokens), extra)
-            record = dataclasses.replace(record, runtime_agreement=self._runtime_agreement(point, tokens))
+            record = dataclasses.replace(record, runtime_agreement=self._runtime_agreement(point, tokens),
+                                         point_wall_s=time.monotonic() - progress.started)
             self.benchmark.extra_info.update(record.to_extra_info())
             self.keep(record)
             return record

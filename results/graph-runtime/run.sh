@@ -3,7 +3,8 @@
 #   OUT=folder results/graph-runtime/run.sh aa NAME        # one run of the A/A pair under graphs
 #   OUT=folder results/graph-runtime/run.sh grid PROMPT     # B=1 grid and strategy table, both runtimes
 #   OUT=folder results/graph-runtime/run.sh batch           # the batch sweep (4, 16) at gen 256, both runtimes
-# Each invocation's wall time (captures and warm-up included) is printed and kept in OUT/walltime.txt.
+# Each invocation's wall time is printed and kept in OUT/walltime.txt; each point saves point_wall_s
+# (start-up, captures, warm-up and rounds), so a runtime's share of a mixed invocation is their sum.
 set -u
 : "${OUT:?set OUT}"
 mkdir -p "$OUT"
@@ -20,13 +21,9 @@ case $1 in
     run "$2-b1" --dlm-gen=256 --dlm-batch=1 --dlm-rounds=4
     run "$2-b16" --dlm-gen=256 --dlm-batch=16 --dlm-paradigms=ar,block --dlm-rounds=4
     dlmbench merge "$OUT/$2-b1.json" "$OUT/$2-b16.json" --out "$OUT/$2.json" ;;
-  grid)  # every strategy at gen 256 and the baselines at gen 64, batch 1, eager and graphs, per prompt
-    for runtime in eager graphs; do
-      run "grid-p$2-$runtime" --dlm-prompt="$2" --dlm-gen=64,256 --dlm-batch=1 --dlm-strategies=all \
-        --dlm-runtime="$runtime" --dlm-rounds=2
-    done ;;
+  grid)  # every strategy, gen 64 and 256, batch 1, each point under graphs then eager (point_wall_s: each's time)
+    run "grid-p$2" --dlm-prompt="$2" --dlm-gen=64,256 --dlm-batch=1 --dlm-strategies=all --dlm-runtime=all \
+      --dlm-rounds=2 ;;
   batch)
-    for runtime in eager graphs; do
-      run "batch-$runtime" --dlm-gen=256 --dlm-batch=4,16 --dlm-prompt=40 --dlm-runtime="$runtime" --dlm-rounds=2
-    done ;;
+    run batch --dlm-gen=256 --dlm-batch=4,16 --dlm-prompt=40 --dlm-runtime=all --dlm-rounds=2 ;;
 esac
