@@ -110,8 +110,8 @@ class PointRunner:
         self.models = models
         self.write_line = write_line
         self.record = record
-        self.baselines = baselines if baselines is not None else {}  # shape key -> baseline strategy's tokens
-        self.runtime_tokens: dict[tuple[Any, ...], torch.Tensor] = {}  # runtime key -> tokens of the first runtime
+        # the session's tokens: shape key -> the baseline strategy's; ("runtime", runtime key) -> the first runtime's
+        self.baselines = baselines if baselines is not None else {}
         self.gate_rounds = gate_rounds  # the rounds the gate needs to judge this point against its baseline
         self.baseline_selected = baseline_selected  # does the session run this point's baseline strategy?
         self.on_oom = on_oom  # called with an out-of-memory point's record (the fixture skips the test)
@@ -303,9 +303,10 @@ class PointRunner:
 
     def _runtime_agreement(self, point: BenchPoint, tokens: torch.Tensor) -> float | None:
         """Share of tokens equal to the same point under the runtime the session ran first."""
-        first = self.runtime_tokens.get(point.runtime_key)
+        key = ("runtime", *point.runtime_key)
+        first = self.baselines.get(key)
         if first is None:
-            self.runtime_tokens[point.runtime_key] = tokens.cpu()
+            self.baselines[key] = tokens.cpu()
             return None
         return float((tokens.cpu() == first).float().mean()) if first.shape == tokens.shape else None
 

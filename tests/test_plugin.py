@@ -247,3 +247,21 @@ def test_peak_options_give_roofline_fields_on_any_device(pytester):
     info = data["benchmarks"][0]["extra_info"]
     assert (info["peak_tflops"], info["peak_gbps"], info["peaks_source"]) == (2.0, 50.0, "user")
     assert info["bound"] in ("memory", "compute") and info["roofline_fraction"] > 0
+
+
+def test_both_runtimes_run_each_point_and_the_second_saves_the_share_of_equal_tokens(pytester):
+    data = run_json(pytester, *SMALL, "--dlm-runtime=all", "--dlm-strategies=all", "--dlm-paradigms=dlm,block")
+    saved = {bench["fullname"].partition("[")[2].rstrip("]"): bench["extra_info"] for bench in data["benchmarks"]}
+    graphs = {name: info for name, info in saved.items() if info["runtime"] == "graphs"}
+    eager = {name: info for name, info in saved.items() if info["runtime"] == "eager"}
+    assert sorted(eager) == sorted(f"{name}-eager" for name in graphs) and len(graphs) == 8
+    assert all(info["runtime_agreement"] is None for info in graphs.values())  # measured first
+    assert all(info["runtime_agreement"] == 1.0 for info in eager.values())  # the CPU gives equal tokens
+    assert all(info["capture_s"] is None and info["point_wall_s"] > 0 for info in saved.values())
+
+
+def test_an_unknown_runtime_is_a_usage_error(pytester):
+    pytester.makepyfile(test_grid=GRID_TEST)
+    result = pytester.runpytest("--dlm-runtime=jit")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*unknown runtime 'jit'; allowed: all, graphs, eager*"])

@@ -2,6 +2,7 @@
 # Graph-runtime measurements on the GPU. Usage, from the repository root:
 #   OUT=folder results/graph-runtime/run.sh aa NAME        # one run of the A/A pair under graphs
 #   OUT=folder results/graph-runtime/run.sh grid PROMPT     # B=1 grid and strategy table, both runtimes
+#   OUT=folder results/graph-runtime/run.sh agree           # equal-token shares, both runtimes, both prompts
 #   OUT=folder results/graph-runtime/run.sh batch           # the batch sweep (4, 16) at gen 256, both runtimes
 # Each invocation's wall time is printed and kept in OUT/walltime.txt; each point saves point_wall_s
 # (start-up, captures, warm-up and rounds), so a runtime's share of a mixed invocation is their sum.
@@ -24,6 +25,8 @@ case $1 in
   grid)  # every strategy, gen 64 and 256, batch 1, each point under graphs then eager (point_wall_s: each's time)
     run "grid-p$2" --dlm-prompt="$2" --dlm-gen=64,256 --dlm-batch=1 --dlm-strategies=all --dlm-runtime=all \
       --dlm-rounds=2 ;;
+  agree)  # the share of equal tokens under both runtimes: every strategy, gen 256, batch 1, one round
+    run agree --dlm-gen=256 --dlm-batch=1 --dlm-strategies=all --dlm-runtime=all --dlm-rounds=1 --dlm-warmup=0 ;;
   batch)
     run batch --dlm-gen=256 --dlm-batch=4,16 --dlm-prompt=40 --dlm-runtime=all --dlm-rounds=2 ;;
 esac
