@@ -137,6 +137,8 @@ class Captured:
     slots: torch.Tensor  # (n,) positions
     rows: torch.Tensor | int
     mask: torch.Tensor | None  # (1, 1, n, window) bool
+    offsets: torch.Tensor  # (n,) 0..n-1: slots = start + offsets
+    window_slots: torch.Tensor  # (window,) 0..window-1: a decode mask is window_slots < valid
     logits: torch.Tensor | None = None  # (B, rows, vocab), written by the graph
     graph: Any = None
 
@@ -182,18 +184,18 @@ class GraphRuntime:
         key = (tuple(ids.shape), window, masked, attention, rows if isinstance(rows, int) else len(rows),
                id(cache))
         captured = self.graphs.get(key)
-        if captured is None:
+        if captured is None:  # the buffers of a new shape (on the CPU: of every call)
+            mask = block_causal_mask(n, block_size, ids.device) if attention == "block_causal" else (
+                torch.empty(1, 1, n, window, dtype=torch.bool, device=ids.device) if masked else None)
             captured = Captured(ids.clone(), torch.empty(n, dtype=torch.long, device=ids.device),
-                                rows if isinstance(rows, int) else rows.clone(),
-                                torch.empty(1, 1, n, window, dtype=torch.bool, device=ids.device) if masked else None)
+                                rows if isinstance(rows, int) else rows.clone(), mask,
+                                torch.arange(n, device=ids.device), torch.arange(window, device=ids.device))
         captured.ids.copy_(ids)
-        torch.add(torch.arange(n, device=ids.device), start, out=captured.slots)  # (n,) positions
+        torch.add(captured.offsets, start, out=captured.slots)  # (n,) positions
         if not isinstance(rows, int):
             captured.rows.copy_(rows)
-        if attention == "block_causal":
-            captured.mask.copy_(block_causal_mask(n, block_size, ids.device))
-        elif masked:
-            torch.lt(torch.arange(window, device=ids.device), valid, out=captured.mask[0, 0, 0])
+        if masked and attention != "block_causal":
+            torch.lt(captured.window_slots, valid, out=captured.mask[0, 0, 0])
         if cache is not None:
             cache.slots, cache.window = captured.slots, window
         if not self.capture:
