@@ -84,7 +84,7 @@ class BoundaryRunner:
         import pytest
 
         from pytest_dlmbench.models import get_spec
-        from pytest_dlmbench.paradigms import make_paradigm
+        from pytest_dlmbench.paradigms.base import paradigm_for
 
         settings = self.settings
         if settings.isolate_probes:
@@ -95,7 +95,7 @@ class BoundaryRunner:
                 return probe_isolated(argv, batch)
         else:
             loaded = self.models.get(point.model)
-            paradigm = make_paradigm(point.paradigm, settings.decode_for(loaded.weights), point.strategy)
+            paradigm = paradigm_for(point, settings, loaded.weights)
 
             def probe(batch: int) -> ProbeResult:
                 return probe_in_process(settings, dataclasses.replace(point, batch_size=batch), loaded.model,
@@ -103,7 +103,7 @@ class BoundaryRunner:
 
         spec = get_spec(point.model)
         weights = "checkpoint" if settings.checkpoint(point.model) else "random"
-        decoder = make_paradigm(point.paradigm, settings.decode_for(weights), point.strategy)
+        decoder = paradigm_for(point, settings, weights)
         decoder.validate(spec, point.prompt_len, point.gen_len, 1)
         phases = decoder.memory_phases(spec, point.prompt_len, point.gen_len)
         boundary = find_max_batch(probe, settings.max_batch)

@@ -23,6 +23,12 @@ DEFAULT_MAX_ROUNDS = 20
 RUNTIME_NAMES = ("graphs", "eager")  # runtimes/: static shapes replayed as CUDA graphs; transformers as published
 DEFAULT_RUNTIME = "graphs"
 SAVED_BEFORE_RUNTIMES = "eager"  # points saved without a runtime key ran transformers' eager forwards
+FIDELITY_NAMES = ("reference", "lean")  # paradigms/scoring.py: the published code's per-forward work, or the least
+DEFAULT_FIDELITY = "reference"
+SAVED_BEFORE_FIDELITY = "lean"  # points saved without a fidelity key did the least per forward
+# Point axes that change what is measured, not the code under test: the gate does not judge across them.
+# Each maps to the value that points saved before the axis existed ran under.
+MEASUREMENT_AXES = {"runtime": SAVED_BEFORE_RUNTIMES, "fidelity": SAVED_BEFORE_FIDELITY}
 
 
 @dataclass(frozen=True, order=True)
@@ -36,22 +42,32 @@ class BenchPoint:
     batch_size: int
     strategy: str = "baseline"
     runtime: str = DEFAULT_RUNTIME
+    fidelity: str = DEFAULT_FIDELITY
 
     @property
     def id(self) -> str:
+        """`dlm-llada-8b-p40-g256-b1`, then the strategy, runtime and fidelity where not the default."""
         base = f"{self.paradigm}-{self.model}-p{self.prompt_len}-g{self.gen_len}-b{self.batch_size}"
-        base = base if self.strategy == "baseline" else f"{base}-{self.strategy}"
-        return base if self.runtime == DEFAULT_RUNTIME else f"{base}-{self.runtime}"
+        suffixes = (self.strategy != "baseline" and self.strategy, self.runtime != DEFAULT_RUNTIME and self.runtime,
+                    self.fidelity != DEFAULT_FIDELITY and self.fidelity)
+        return "-".join([base, *(suffix for suffix in suffixes if suffix)])
 
     @property
-    def shape_key(self) -> tuple[str, str, int, int, int, str]:
-        """The point without its strategy: strategies of one shape (and runtime) are compared on it."""
-        return (self.paradigm, self.model, self.prompt_len, self.gen_len, self.batch_size, self.runtime)
+    def shape_key(self) -> tuple[str | int, ...]:
+        """The point without its strategy: strategies of one shape (runtime, fidelity) are compared on it."""
+        return (self.paradigm, self.model, self.prompt_len, self.gen_len, self.batch_size, self.runtime,
+                self.fidelity)
 
     @property
-    def runtime_key(self) -> tuple[str, str, int, int, int, str]:
+    def acceptance_key(self) -> tuple[str | int, ...]:
+        """The point without its runtime and fidelity: what an acceptance trace is matched on."""
+        return (self.paradigm, self.model, self.prompt_len, self.gen_len, self.batch_size,
+                self.strategy)
+
+    @property
+    def runtime_key(self) -> tuple[str | int, ...]:
         """The point without its runtime: runtimes of one point are compared on it."""
-        return (self.paradigm, self.model, self.prompt_len, self.gen_len, self.batch_size, self.strategy)
+        return (*self.acceptance_key, self.fidelity)
 
 
 @dataclass(frozen=True)
@@ -64,6 +80,10 @@ class DecodeOptions:
     tpf: float | None = None  # parallel strategies: simulated tokens per forward (None: the model decides)
     subblock_len: int | None = None  # block: sub-block length (None: the model's)
     refresh_every_step: bool = False  # caching strategies: rebuild the cache at every step (a test of the plumbing)
+    tpf_dispersion: float = 1.0  # simulated acceptance: variance / mean of the commits beyond the first (0: equal rows)
+    temperature: float = 0.0  # 0: greedy; above: Gumbel-max sampling at this temperature
+    seed: int = 0  # simulated acceptance and sampling noise
+    replay: tuple[tuple[tuple[int, ...], ...], ...] | None = None  # commits per (span, step, row) of a trace
 
 
 @dataclass(frozen=True)
@@ -118,6 +138,10 @@ class PointMetrics:
     runtime: str = DEFAULT_RUNTIME  # the execution runtime (runtimes/)
     capture_s: float | None = None  # seconds spent capturing CUDA graphs, never timed (None: no capture)
     runtime_agreement: float | None = None  # share of tokens equal to the same point under the session's other runtime
+    fidelity: str = DEFAULT_FIDELITY  # the per-forward work (paradigms/scoring.py)
+    temperature: float = 0.0
+    tpf_dispersion: float | None = None  # simulated acceptance: variance / mean of the commits beyond the first
+    row_tokens_per_forward: float | None = None  # mean over rows of gen_len / the forwards that row committed in
     point_wall_s: float | None = None  # the point's whole time: start-up, capture, warm-up and rounds
     predicted_peak_bytes: int | None = None  # the analytic memory model (memory_model.py)
     measured_to_predicted: float | None = None  # peak_mem_allocated_bytes / predicted_peak_bytes
@@ -133,7 +157,7 @@ class PointMetrics:
     clock_event_reasons_start: tuple[str, ...] | None = None
     clock_event_reasons_end: tuple[str, ...] | None = None
     other_processes_bytes: int | None = None
-    roofline: dict[str, Any] = dataclasses.field(default_factory=dict)  # roofline.py's keys and ai_paper, saved flat
+    roofline: dict[str, Any] = dataclasses.field(default_factory=dict)  # roofline.py's keys and ai_paper_flop_per_element, saved flat
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)  # further keys, saved flat (e.g. a boundary search)
 
     @classmethod
@@ -249,6 +273,8 @@ class Settings:
     decode: DecodeOptions = field(default_factory=DecodeOptions)
     strategies: tuple[str, ...] | None = None
     runtimes: tuple[str, ...] = (DEFAULT_RUNTIME,)
+    fidelities: tuple[str, ...] = (DEFAULT_FIDELITY,)
+    acceptance_trace: str | None = None  # real weights: write commits there; random weights: replay them
     tpf: float | None = None  # None: simulated only where the weights are random
     boundary: bool = False
     max_batch: int = 1024
@@ -270,7 +296,8 @@ class Settings:
     @classmethod
     def from_json(cls, text: str) -> Settings:
         fields = {name: _tuples(value) for name, value in json.loads(text).items()}
-        return cls(**fields | {"decode": DecodeOptions(**fields["decode"])})
+        decode = {name: _tuples(value) for name, value in fields["decode"].items()}
+        return cls(**fields | {"decode": DecodeOptions(**decode)})
 
     def checkpoint(self, model: str) -> str | None:
         return dict(self.checkpoints).get(model)
@@ -283,7 +310,7 @@ class Settings:
         """Decoder options for a model with these weights: random weights cannot decide acceptance,
         so their parallel strategies commit a simulated number of tokens per forward."""
         tpf = self.tpf if self.tpf is not None or weights != "random" else DEFAULT_SIMULATED_TPF
-        return dataclasses.replace(self.decode, tpf=tpf)
+        return dataclasses.replace(self.decode, tpf=tpf, seed=self.seed)
 
     def resolved(self) -> Settings:
         """Concrete device, dtype and grid for this machine (imports torch)."""

@@ -21,7 +21,7 @@ from typing import Any
 
 from tabulate import tabulate
 
-from pytest_dlmbench.core import SAVED_BEFORE_RUNTIMES
+from pytest_dlmbench.core import MEASUREMENT_AXES
 
 ALPHA = 0.05  # the chance, per gated run, of failing any point that did not change
 DIRECTIONS = {  # +1: higher is better, -1: lower is better
@@ -241,10 +241,11 @@ def compare(base: dict[str, dict[str, Any]], new: dict[str, dict[str, Any]], rul
             continue
         if new_status not in COMPLETED:
             continue
-        old_runtime, new_runtime = (run[point].get("runtime", SAVED_BEFORE_RUNTIMES) for run in (base, new))
-        if old_runtime != new_runtime:  # a runtime change is not a code change: nothing to judge
-            verdicts.append(Verdict(point, "runtime", old_runtime, new_runtime, f"{old_runtime} -> {new_runtime}",
-                                    "not comparable"))
+        changed = [(axis, old, now) for axis, saved_before in MEASUREMENT_AXES.items()
+                   for old, now in [(run[point].get(axis, saved_before) for run in (base, new))] if old != now]
+        if changed:  # a runtime or fidelity change is not a code change: nothing to judge
+            axis, old, now = changed[0]
+            verdicts.append(Verdict(point, axis, old, now, f"{old} -> {now}", "not comparable"))
             continue
         verdicts += [judge(point, rule, base[point], new[point]) for rule in rules]
     return holm(verdicts)

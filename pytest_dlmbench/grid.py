@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pytest_dlmbench.core import DEFAULT_RUNTIME, BenchPoint
+from pytest_dlmbench.core import DEFAULT_FIDELITY, DEFAULT_RUNTIME, BenchPoint
 from pytest_dlmbench.models import MODEL_SPECS
 from pytest_dlmbench.paradigms import PARADIGMS
 
@@ -66,10 +66,11 @@ def select_points(
     batch_sizes: tuple[int, ...] | None = None,
     strategies: Iterable[str] | None = None,
     runtimes: tuple[str, ...] = (DEFAULT_RUNTIME,),
+    fidelities: tuple[str, ...] = (DEFAULT_FIDELITY,),
 ) -> list[BenchPoint]:
     """The grid's points for the chosen models (default: the grid's), strategies (default: the
-    grid's), runtimes and filters, model by model, each shape's baseline before its other
-    strategies, each point under every runtime in a row."""
+    grid's), runtimes, fidelities and filters, model by model, each shape's baseline before its
+    other strategies, each point under every runtime and fidelity in a row."""
     chosen_models = tuple(models) if models is not None else grid.models
     wanted_strategies = set(strategies) if strategies is not None else set(grid.strategies)
     wanted_paradigms = set(paradigms) if paradigms is not None else None
@@ -80,9 +81,9 @@ def select_points(
             continue
         for prompt_len, gen_len, batch_size in grid.shapes():
             if _keep(prompt_len, prompt_lens) and _keep(gen_len, gen_lens) and _keep(batch_size, batch_sizes):
-                points += [BenchPoint(paradigm, model, prompt_len, gen_len, batch_size, strategy, runtime)
+                points += [BenchPoint(paradigm, model, prompt_len, gen_len, batch_size, strategy, runtime, fidelity)
                            for strategy in PARADIGMS[paradigm].strategies if strategy in wanted_strategies
-                           for runtime in runtimes]
+                           for runtime in runtimes for fidelity in fidelities]
     return points
 
 
@@ -96,7 +97,7 @@ def points_for(settings: Settings) -> list[BenchPoint]:
 
     grid = GRIDS[settings.grid]
     points = select_points(grid, settings.paradigms, settings.models, settings.prompt_lens, settings.gen_lens,
-                           settings.batch_sizes, settings.strategies, settings.runtimes)
+                           settings.batch_sizes, settings.strategies, settings.runtimes, settings.fidelities)
     if not points:
         raise SelectionError(
             f"the --dlm-* filters select no point of the {grid.name} grid (models {', '.join(grid.models)}; "
@@ -105,7 +106,7 @@ def points_for(settings: Settings) -> list[BenchPoint]:
         )
     for point in points:
         try:
-            make_paradigm(point.paradigm, settings.decode, point.strategy).validate(
+            make_paradigm(point.paradigm, settings.decode, point.strategy, point.fidelity).validate(
                 MODEL_SPECS[point.model], point.prompt_len, point.gen_len, point.batch_size
             )
         except DecodeError as error:

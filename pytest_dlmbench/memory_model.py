@@ -10,8 +10,9 @@ where a point would run out of memory on cards that are not present.
 - activations: tokens in the forward x (4 x hidden + 3 x FFN) x dtype bytes (residual stream,
   attention input/output and the MLP's gate, up and activated tensors alive together);
 - logits: positions whose logits are computed x vocab x dtype bytes, alive with the last
-  activations; after the forward, scoring adds their float32 copy and its softmax (+8 bytes), when
-  the activations are gone: the larger of the two stages counts.
+  activations; after the forward, when the activations are gone, scoring adds per softmax row and
+  vocab entry its `scoring_bytes` (a float32 copy and its softmax: 8; the published float64 path:
+  16, or 40 with its float64 Gumbel noise; paradigms/scoring.py): the larger of the two stages counts.
 Each paradigm names its phases (cached positions, forward tokens, logit positions) in
 `memory_phases()`. The estimate ignores allocator rounding and fragmentation and the CUDA context.
 """
@@ -34,6 +35,8 @@ class Phase:
     forward_tokens: int
     logit_positions: int
     cache_grows: bool = True  # appends to a cache (one layer copied); False: fills an empty one
+    softmax_positions: int | None = None  # rows the scoring's softmax runs over (None: the logit positions)
+    scoring_bytes: int = 8  # scoring memory per softmax row and vocab entry, beyond the logits
 
 
 def parameter_count(spec: ModelSpec) -> int:
@@ -50,10 +53,11 @@ def predicted_peak_bytes(spec: ModelSpec, phases: list[Phase], batch_size: int, 
     layer_kv = 2 * spec.num_kv_heads * spec.head_dim * size  # bytes per cached position and layer
     per_sequence = max(
         phase.cached_positions * layer_kv * (spec.num_layers + phase.cache_grows)
-        + max(  # in the forward: activations and the logits; after it: the logits and their scoring
-            phase.forward_tokens * (4 * spec.hidden_size + 3 * spec.intermediate_size) * size
-            + phase.logit_positions * spec.vocab_size * size,
-            phase.logit_positions * spec.vocab_size * (size + 8),
+        + phase.logit_positions * spec.vocab_size * size
+        + max(  # in the forward: activations; after it: scoring
+            phase.forward_tokens * (4 * spec.hidden_size + 3 * spec.intermediate_size) * size,
+            phase.scoring_bytes * spec.vocab_size
+            * (phase.logit_positions if phase.softmax_positions is None else phase.softmax_positions),
         )
         for phase in phases
     )

@@ -17,10 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_dlmbench.core import (
     DEFAULT_MAX_ROUNDS,
+    DEFAULT_FIDELITY,
     DEFAULT_ROUNDS,
     DEFAULT_RUNTIME,
     DEFAULT_SIMULATED_TPF,
     DTYPES,
+    FIDELITY_NAMES,
     RUNTIME_NAMES,
     DecodeOptions,
     Settings,
@@ -83,6 +85,14 @@ def _number(minimum: float, kind: str) -> Callable[[str], float]:
         return value
 
     return parse
+
+
+def _dispersion(text: str) -> float:
+    value = _number(0.0, "a dispersion: 0, or a number >= 1")(text)
+    if 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a dispersion: 0 (every row the mean) or a number >= 1 "
+                                         "(1: Poisson, above: negative binomial)")
+    return value
 
 
 def _gate_rule(text: str) -> str:
@@ -183,11 +193,26 @@ OPTIONS: tuple[Option, ...] = (
            "as a CUDA graph and replayed; uncaptured on the CPU), eager (transformers as the published decoders use "
            "it), a comma-separated list, or all; points not under the default get the runtime in their id. "
            f"Default: {DEFAULT_RUNTIME}.", _names("runtime", dict.fromkeys(RUNTIME_NAMES)), (DEFAULT_RUNTIME,)),
+    Option("--dlm-fidelity", "fidelities", "Per-forward work of the diffusion decoders: reference (what the "
+           "published code computes: logits at every forwarded position, Fast-dLLM's float64 scoring, v2's last "
+           "block decoded whole), lean (logits and float32 scoring only where needed), a comma-separated list, or "
+           "all; both decode the same tokens; points not under the default get the fidelity in their id. "
+           f"Default: {DEFAULT_FIDELITY}.", _names("fidelity", dict.fromkeys(FIDELITY_NAMES)), (DEFAULT_FIDELITY,)),
+    Option("--dlm-temperature", "decode.temperature", "Sample with Gumbel-max noise at this temperature (the "
+           "diffusion decoders' noise in the fidelity's dtype: float64 for reference dlm); 0 is greedy. Default: 0.",
+           _number(0.0, "a temperature >= 0"), 0.0),
     Option("--dlm-threshold", "decode.threshold", "Parallel strategies with real weights: commit masked positions "
            "more confident than this. Default: 0.9.", _number(1e-9, "a positive confidence threshold"), 0.9),
     Option("--dlm-tpf", "tpf", "Parallel strategies: commit this many of the most confident positions per forward "
            f"(simulated acceptance). Default: {DEFAULT_SIMULATED_TPF} with random weights; real confidences with a "
-           "checkpoint.", _number(1.0, "a tokens-per-forward target >= 1")),
+           "checkpoint. Each row draws its own count per forward with this mean (--dlm-tpf-dispersion), and a batch "
+           "forwards until its slowest row is done.", _number(1.0, "a tokens-per-forward target >= 1")),
+    Option("--dlm-tpf-dispersion", "decode.tpf_dispersion", "Simulated acceptance: variance / mean of each row's "
+           "commits beyond the first per forward: 0 (every row commits the running mean), 1 (Poisson) or above "
+           "(negative binomial); seeded by --dlm-seed. Default: 1.", _dispersion, 1.0),
+    Option("--dlm-acceptance-trace", "acceptance_trace", "Points with a --dlm-checkpoint and real acceptance write "
+           "each row's commits per step to PATH; random-weight points of the parallel strategies replay them "
+           "(matched on paradigm, model, prompt, gen, batch and strategy). Default: off.", metavar="PATH"),
     Option("--dlm-subblock-len", "decode.subblock_len", "block: sub-block length, a divisor of the block size. "
            "Default: the model's (8).", positive_int),
     Option("--dlm-boundary", "boundary", "Run the OOM boundary search (benchmarks/test_oom_boundary.py): the "
@@ -237,6 +262,10 @@ def settings_from_config(config: pytest.Config) -> Settings:
     if values["max_rounds"] < values["rounds"]:
         raise pytest.UsageError(f"--dlm-max-rounds={values['max_rounds']} is below --dlm-rounds={values['rounds']}; "
                                 "it must be at least that")
+    trace = values["acceptance_trace"]
+    if trace is not None and not values["checkpoints"] and not Path(trace).is_file():
+        raise pytest.UsageError(f"--dlm-acceptance-trace={trace}: no such file to replay (a run with "
+                                "--dlm-checkpoint writes one)")
     decode = {name.removeprefix("decode."): value for name, value in values.items() if name.startswith("decode.")}
     plain = {name: value for name, value in values.items() if not name.startswith("decode.")}
     return Settings(**plain, decode=DecodeOptions(**decode))

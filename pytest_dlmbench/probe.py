@@ -90,11 +90,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     point = dataclasses.replace(BenchPoint(**json.loads(args.point)), batch_size=args.batch)
 
     from pytest_dlmbench.loader import ModelCache
-    from pytest_dlmbench.paradigms import make_paradigm
+    from pytest_dlmbench.paradigms.base import paradigm_for
 
     limit_memory(settings.torch_device, settings.memory_limit_gib)
     loaded = ModelCache(settings).get(point.model)
-    paradigm = make_paradigm(point.paradigm, settings.decode_for(loaded.weights), point.strategy)
+    paradigm = paradigm_for(point, settings, loaded.weights)
     result = probe_in_process(settings, point, loaded.model, loaded.spec, paradigm)
     print(json.dumps(dataclasses.asdict(result)))
     return 0

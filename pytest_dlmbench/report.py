@@ -9,7 +9,7 @@ from typing import Any
 
 from tabulate import tabulate
 
-from pytest_dlmbench.core import SAVED_BEFORE_RUNTIMES, PointMetrics
+from pytest_dlmbench.core import MEASUREMENT_AXES, PointMetrics
 
 SUMMARY_HEADERS = ("paradigm", "strategy", "runtime", "model", "prompt", "gen", "batch", "tok/s", "ms/forward", "NFE",
                    "TPF", "peak MiB", "status")
@@ -31,17 +31,18 @@ def summary_table(results: Iterable[PointMetrics]) -> str:
 
 # ---- `dlmbench report`: markdown tables and figures from saved runs -------------------------
 
-REPORT_HEADERS = ("run", "paradigm", "strategy", "runtime", "model", "prompt", "gen", "batch", "status", "tok/s", "ms/forward",
-                  "NFE", "TPF", "peak GiB", "AI (FLOP/B)", "AI paper", "TFLOP/s", "roofline %", "bound")
+REPORT_HEADERS = ("run", "paradigm", "strategy", "runtime", "fidelity", "model", "prompt", "gen", "batch", "status",
+                  "tok/s", "ms/forward", "NFE", "TPF", "row TPF", "peak GiB", "AI (FLOP/B)", "paper AI (FLOP/element)",
+                  "TFLOP/s", "roofline %", "bound")
 
 
 def _points(runs: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
-    points = [{"runtime": SAVED_BEFORE_RUNTIMES, **info, "run": label, "test": test} for label, points in runs.items()
+    points = [{**MEASUREMENT_AXES, **info, "run": label, "test": test} for label, points in runs.items()
               for test, info in points.items() if "paradigm" in info]
-    several = len({p["runtime"] for p in points}) > 1
+    varying = [axis for axis in MEASUREMENT_AXES if len({p[axis] for p in points}) > 1]
     for p in points:
         label = p["paradigm"] if p.get("strategy", "baseline") == "baseline" else f"{p['paradigm']}+{p['strategy']}"
-        p["label"] = f"{label} [{p['runtime']}]" if several else label
+        p["label"] = f"{label} [{', '.join(p[axis] for axis in varying)}]" if varying else label
     return points
 
 
@@ -54,26 +55,27 @@ def report_table(points: list[dict[str, Any]]) -> str:
         return None if value is None else value / 2**30
 
     rows = sorted(
-        ((p["run"], p["paradigm"], p.get("strategy", "baseline"), p["runtime"], p["model"], p["prompt_len"], p["gen_len"],
-          p["batch_size"], p.get("status", "ok"), p.get("tokens_per_s"), p.get("ms_per_forward"), p.get("nfe"),
-          p.get("tokens_per_forward"), gib(p.get("peak_mem_allocated_bytes") or p.get("peak_rss_bytes")),
-          p.get("arithmetic_intensity"), p.get("ai_paper"), p.get("achieved_tflops"),
+        ((p["run"], p["paradigm"], p.get("strategy", "baseline"), p["runtime"], p["fidelity"], p["model"],
+          p["prompt_len"], p["gen_len"], p["batch_size"], p.get("status", "ok"), p.get("tokens_per_s"),
+          p.get("ms_per_forward"), p.get("nfe"), p.get("tokens_per_forward"), p.get("row_tokens_per_forward"),
+          gib(p.get("peak_mem_allocated_bytes") or p.get("peak_rss_bytes")), p.get("arithmetic_intensity"),
+          p.get("ai_paper_flop_per_element", p.get("ai_paper")), p.get("achieved_tflops"),
           None if p.get("roofline_fraction") is None else 100 * p["roofline_fraction"], p.get("bound"))
          for p in points),
-        key=lambda row: tuple(str(v) if isinstance(v, str) or v is None else f"{v:012.3f}" for v in row[:8]),
+        key=lambda row: tuple(str(v) if isinstance(v, str) or v is None else f"{v:012.3f}" for v in row[:9]),
     )
     return tabulate(rows, headers=REPORT_HEADERS, tablefmt="github", floatfmt=".3g", missingval="-")
 
 
-HOST_TAX_HEADERS = ("paradigm", "strategy", "model", "prompt", "gen", "batch", "eager tok/s", "graphs tok/s",
+HOST_TAX_HEADERS = ("paradigm", "strategy", "fidelity", "model", "prompt", "gen", "batch", "eager tok/s", "graphs tok/s",
                     "speed-up", "eager ms/forward", "graphs ms/forward", "capture s", "equal tokens")
 
 
 def host_tax_table(points: list[dict[str, Any]]) -> str | None:
     """Each point measured under both eager and graphs (in any of the runs): what the host costs."""
     done = [p for p in points if p.get("status", "ok") == "ok" and p.get("tokens_per_s")]
-    by_runtime = {(p["runtime"], p["paradigm"], p.get("strategy", "baseline"), p["model"], p["prompt_len"],
-                   p["gen_len"], p["batch_size"]): p for p in done}
+    by_runtime = {(p["runtime"], p["paradigm"], p.get("strategy", "baseline"), p["fidelity"], p["model"],
+                   p["prompt_len"], p["gen_len"], p["batch_size"]): p for p in done}
     rows = []
     for (runtime, *key), graphs in sorted(by_runtime.items(), key=lambda item: str(item[0])):
         eager = by_runtime.get(("eager", *key))
@@ -90,11 +92,11 @@ def paradigm_order(points: list[dict[str, Any]]) -> str | None:
     order: dict[tuple[Any, ...], list[tuple[float, str]]] = {}
     for p in points:
         if p["batch_size"] == 1 and p.get("strategy", "baseline") == "baseline" and p.get("tokens_per_s"):
-            order.setdefault((p["run"], p["runtime"], p["prompt_len"], p["gen_len"]), []).append(
+            order.setdefault((p["run"], p["runtime"], p["fidelity"], p["prompt_len"], p["gen_len"]), []).append(
                 (p["tokens_per_s"], p["paradigm"]))
     rows = [(*key, " > ".join(f"{name} {rate:.1f}" for rate, name in sorted(ranked, reverse=True)))
             for key, ranked in sorted(order.items()) if len(ranked) > 1]
-    return tabulate(rows, headers=("run", "runtime", "prompt", "gen", "tok/s, fastest first"),
+    return tabulate(rows, headers=("run", "runtime", "fidelity", "prompt", "gen", "tok/s, fastest first"),
                     tablefmt="github") if rows else None
 
 
@@ -151,11 +153,14 @@ def _sweep_figure(points: list[dict[str, Any]], runs: int, x_key: str, title: st
 
 def _speedup_figure(points: list[dict[str, Any]], runs: int, path: Path) -> bool:
     """Each strategy's throughput over its paradigm's baseline at the same point, against batch size."""
-    baseline = {(p["run"], p["runtime"], p["paradigm"], p["model"], p["prompt_len"], p["gen_len"], p["batch_size"]): p
-                for p in points if p.get("strategy", "baseline") == "baseline" and p.get("tokens_per_s")}
+    def shape(p: dict[str, Any]) -> tuple[Any, ...]:
+        return (p["run"], p["runtime"], p["fidelity"], p["paradigm"], p["model"], p["prompt_len"], p["gen_len"],
+                p["batch_size"])
+
+    baseline = {shape(p): p for p in points if p.get("strategy", "baseline") == "baseline" and p.get("tokens_per_s")}
     ratios: dict[tuple[str, int], list[tuple[int, float]]] = {}
     for p in points:
-        key = (p["run"], p["runtime"], p["paradigm"], p["model"], p["prompt_len"], p["gen_len"], p["batch_size"])
+        key = shape(p)
         if p.get("strategy", "baseline") != "baseline" and p.get("tokens_per_s") and key in baseline:
             ratios.setdefault((_series_label(p, runs), p["prompt_len"]), []).append(
                 (p["batch_size"], p["tokens_per_s"] / baseline[key]["tokens_per_s"]))
@@ -226,8 +231,10 @@ def write_report(run_paths: list[str], out: str | Path) -> list[Path]:
         *[f"![{figure.stem}]({figure.name})" for figure in figures], "",
         "## Points", "",
         report_table(points), "",
-        "AI: analytic arithmetic intensity of the whole generation; AI paper: the seed paper's Appendix A closed "
-        "form (none for caching strategies); roofline %: measured tokens/s over the roofline-attainable tokens/s.",
+        "AI: analytic arithmetic intensity of the whole generation, in FLOP per byte (the roofline's unit); paper AI: "
+        "the seed paper's Appendix A closed form as published, whose denominator counts elements, not bytes, so it "
+        "is not comparable with the ridge (none for caching strategies); row TPF: the mean over rows of gen / the "
+        "forwards each row committed in; roofline %: measured tokens/s over the roofline-attainable tokens/s.",
     ]
     for title, table, note in (
         ("Paradigm order at batch 1", paradigm_order(points), "Baseline strategies only."),

@@ -6,8 +6,12 @@ Counts, per forward and sequence (the batch multiplies all but the weights):
   pairs: full = tokens x context; causal (queries last) = tokens x (context - tokens) + tokens(tokens+1)/2;
   block_causal = each query sees every key of its block and the blocks before.
 - bytes = weights read once per forward (all but the embedding table, whose rows are read)
-          + KV read (context - tokens cached positions) + KV written + hidden states in and out
-          + logits out.
+          + KV read (context - tokens cached positions) + KV written
+          + activations: per layer and token, about 10 x hidden + 6 x FFN elements written or read
+            (norms, projections, attention output, residual adds, the MLP's gate, up and product)
+          + logits out + scoring (the softmax's reads and writes, in its dtype: paradigms/scoring.py)
+          + with a concatenating cache (transformers' DynamicCache, the eager runtime): the cached
+            KV read and written again by each forward that extends it.
 Roofline: a forward takes at least max(FLOPs / peak FLOP/s, bytes / peak bandwidth); summed over
 the generation's forwards this is the attainable time, and `roofline_fraction` = measured
 tokens/s / attainable tokens/s.
@@ -131,7 +135,7 @@ class Cost:
         return Cost(self.flops + other.flops, self.bytes + other.bytes)
 
 
-def forward_cost(spec: ModelSpec, shape: ForwardShape, batch: int, dtype: str) -> Cost:
+def forward_cost(spec: ModelSpec, shape: ForwardShape, batch: int, dtype: str, concatenating_cache: bool = False) -> Cost:
     """FLOPs and bytes of one forward over `batch` sequences."""
     size = DTYPE_BYTES[dtype]
     h, vocab = spec.hidden_size, spec.vocab_size
@@ -141,9 +145,11 @@ def forward_cost(spec: ModelSpec, shape: ForwardShape, batch: int, dtype: str) -
     layer_kv = 2 * spec.num_layers * spec.num_kv_heads * spec.head_dim * size  # bytes per cached position
     flops = batch * (2 * linear * shape.tokens + 2 * h * vocab * shape.logits
                      + 4 * spec.num_layers * spec.num_heads * spec.head_dim * attended_pairs(shape, spec.block_size))
+    cached = shape.context - shape.tokens
     moved = read * size + batch * (
-        (shape.context - shape.tokens) * layer_kv + shape.kv_written * layer_kv
-        + 2 * shape.tokens * h * size + shape.logits * vocab * size
+        cached * layer_kv * (3 if concatenating_cache and shape.kv_written else 1) + shape.kv_written * layer_kv
+        + shape.tokens * spec.num_layers * (10 * h + 6 * spec.intermediate_size) * size
+        + shape.logits * vocab * size + shape.softmax_rows * vocab * shape.softmax_bytes
     )
     return Cost(float(flops), float(moved))
 
@@ -159,7 +165,7 @@ ROOFLINE_KEYS = (
     *(f"{measure}_{kind}" for kind in FORWARD_KINDS
       for measure in ("flops_per_forward", "bytes_per_forward", "arithmetic_intensity")),
     "achieved_tflops", "achieved_gbps", "peak_tflops", "peak_gbps", "peaks_source", "ridge_flops_per_byte", "bound",
-    "attainable_tokens_per_s", "roofline_fraction", "ai_paper",
+    "attainable_tokens_per_s", "roofline_fraction", "ai_paper_flop_per_element",
 )
 
 
@@ -168,9 +174,9 @@ def empty_roofline() -> dict[str, Any]:
 
 
 def roofline_fields(spec: ModelSpec, shapes: tuple[ForwardShape, ...], batch: int, gen_len: int, dtype: str,
-                    latency_s: float | None, peaks: Peaks | None) -> dict[str, Any]:
+                    latency_s: float | None, peaks: Peaks | None, concatenating_cache: bool = False) -> dict[str, Any]:
     """The extra_info keys of one point: analytic counts, and measured rates against the roofs."""
-    costs = [(shape.kind, forward_cost(spec, shape, batch, dtype)) for shape in shapes]
+    costs = [(shape.kind, forward_cost(spec, shape, batch, dtype, concatenating_cache)) for shape in shapes]
     total = sum((cost for _, cost in costs), Cost(0.0, 0.0))
     fields = empty_roofline() | {
         "flops_per_forward": total.flops / len(costs),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import statistics
 import time
 import warnings
 from collections.abc import Callable
@@ -22,12 +23,13 @@ from pytest_dlmbench.core import DEFAULT_ROUNDS, BenchPoint, MemoryReport, Point
 from pytest_dlmbench.device import synchronize
 from pytest_dlmbench.memory import MemoryTracker, is_out_of_memory, memory_now, release_memory
 from pytest_dlmbench.memory_model import predicted_peak_bytes
-from pytest_dlmbench.paradigms import ForwardLog, GenerationResult, Paradigm, make_paradigm
-from pytest_dlmbench.paradigms.base import ForwardLimitReached
+from pytest_dlmbench.paradigms import ForwardLog, GenerationResult, Paradigm
+from pytest_dlmbench.paradigms.base import ForwardLimitReached, paradigm_for
 from pytest_dlmbench.prompts import gsm8k_prompts, load_gsm8k, synthetic_prompts
 from pytest_dlmbench.roofline import Peaks, empty_roofline, roofline_fields
 from pytest_dlmbench.runtimes import Runtime, make_runtime
 from pytest_dlmbench.timing import RegionTimer
+from pytest_dlmbench.trace import write_commits
 
 if TYPE_CHECKING:
     import torch
@@ -133,7 +135,10 @@ class PointRunner:
                 self.keep(failed_record(point, plan.describe, status, message, memory_now(device), extra))
                 raise
         else:
-            tokens = measurement.results[-1].tokens
+            last = measurement.results[-1]
+            tokens = last.tokens
+            if self.settings.acceptance_trace and plan.describe.get("acceptance") == "model":
+                write_commits(self.settings.acceptance_trace, point, last.commits)
             record = self.assemble(plan, measurement, self._agreement(plan, tokens), extra)
             record = dataclasses.replace(record, runtime_agreement=self._runtime_agreement(point, tokens),
                                          point_wall_s=time.monotonic() - progress.started)
@@ -166,7 +171,8 @@ class PointRunner:
              progress: Progress) -> PointPlan:
         settings = self.settings
         device = settings.torch_device
-        labels = {"dtype": settings.dtype, "device": settings.device, "runtime": point.runtime}
+        labels = {"dtype": settings.dtype, "device": settings.device, "runtime": point.runtime,
+                  "fidelity": point.fidelity, "temperature": settings.decode.temperature}
         if generate is not None:
             if vocab_size is None:
                 raise ValueError("dlm_bench(point, generate=fn) also needs vocab_size= for the prompt ids")
@@ -180,7 +186,7 @@ class PointRunner:
 
         loaded = self.models.get(point.model)
         spec, model = loaded.spec, loaded.model
-        paradigm = make_paradigm(point.paradigm, settings.decode_for(loaded.weights), point.strategy)
+        paradigm = paradigm_for(point, settings, loaded.weights)
         prompt_ids = self._prompts(point, loaded)
         phases = paradigm.memory_phases(spec, point.prompt_len, point.gen_len)
         describe = {"weights": loaded.weights, "prompt_source": settings.prompts,
@@ -197,7 +203,7 @@ class PointRunner:
                 run(paradigm, ForwardLog(RegionTimer(device), limit=4))
 
         def baseline_tokens() -> torch.Tensor:
-            baseline = make_paradigm(point.paradigm, settings.decode_for(loaded.weights))
+            baseline = paradigm_for(point, settings, loaded.weights, "baseline")
             return run(baseline, ForwardLog(RegionTimer(device))).tokens
 
         return PointPlan(point, lambda: run(paradigm, ForwardLog(RegionTimer(device), progress)), describe,
@@ -273,13 +279,17 @@ class PointRunner:
             forward_ms=forward_ms, memory=measurement.memory, warmup_rounds=self.settings.warmup,
             token_agreement=agreement, capture_s=measurement.capture_s, extra=extra,
         )
+        row_nfe = results[-1].row_nfe
+        if row_nfe and all(row_nfe):
+            record = dataclasses.replace(record, row_tokens_per_forward=statistics.fmean(
+                point.gen_len / nfe for nfe in row_nfe))
         if plan.decoder is None:
             return dataclasses.replace(record, roofline=empty_roofline())
         spec, paradigm = plan.decoder  # built-in paradigms know the shape of every forward
         roofline = roofline_fields(spec, results[-1].shapes, point.batch_size, point.gen_len, self.settings.dtype,
-                                   record.latency_s, self.peaks)
-        roofline["ai_paper"] = paradigm.paper_arithmetic_intensity(spec, point.prompt_len, point.gen_len,
-                                                                   point.batch_size)
+                                   record.latency_s, self.peaks, concatenating_cache=plan.runtime.concatenates)
+        roofline["ai_paper_flop_per_element"] = paradigm.paper_arithmetic_intensity(
+            spec, point.prompt_len, point.gen_len, point.batch_size)
         return dataclasses.replace(record, roofline=roofline)
 
     def _agreement(self, plan: PointPlan, tokens: torch.Tensor) -> float | None:

@@ -82,14 +82,18 @@ def block_causal(length: int, block_size: int) -> torch.Tensor:
 
 
 def reference_block_diffusion(model: Any, prompt_ids: torch.Tensor, gen_len: int, block_size: int,
-                              subblock_size: int, mask_id: int, threshold: float = 1.0) -> torch.Tensor:
-    """Block diffusion without any cache: every forward recomputes the whole sequence so far."""
+                              subblock_size: int, mask_id: int, threshold: float = 1.0,
+                              pad_last_block: bool = False) -> torch.Tensor:
+    """Block diffusion without any cache: every forward recomputes the whole sequence so far;
+    `pad_last_block` decodes the last block whole, past gen_len."""
     batch, prompt_len = prompt_ids.shape
     total = prompt_len + gen_len
-    x = torch.cat([prompt_ids, torch.full((batch, gen_len), mask_id)], dim=1)
+    if pad_last_block:
+        total = -(-total // block_size) * block_size
+    x = torch.cat([prompt_ids, torch.full((batch, total - prompt_len), mask_id)], dim=1)
 
     def predict(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = logits.double().clone()
+        logits = logits.clone()  # Fast-dLLM v2 scores in the logits' dtype
         logits[..., mask_id] = -float("inf")
         p = torch.softmax(logits, dim=-1)
         return p.max(dim=-1)
@@ -117,4 +121,4 @@ def reference_block_diffusion(model: Any, prompt_ids: torch.Tensor, gen_len: int
                             x[row, pos] = token
                     if best is not None:
                         x[row, best[0]] = best[1]
-    return x[:, prompt_len:]
+    return x[:, prompt_len : prompt_len + gen_len]

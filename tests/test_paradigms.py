@@ -6,12 +6,10 @@ import pytest
 import torch
 
 from helpers import Recorder, new_log, on, prompt, reference_block_diffusion, reference_llada
+from pytest_dlmbench.core import FIDELITY_NAMES
 from pytest_dlmbench.paradigms import DecodeError, DecodeOptions, make_paradigm
 from pytest_dlmbench.paradigms.acceptance import linear_schedule
 from pytest_dlmbench.runtimes import RUNTIMES
-
-
-
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
@@ -28,10 +26,11 @@ def test_ar_equals_transformers_generate(tiny_ar, batch, prompt_len, gen_len, ru
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
 @pytest.mark.parametrize(("batch", "gen_len", "block_len", "steps"), [(1, 32, 32, 32), (2, 64, 16, 24), (2, 32, 8, 8)])
-def test_dlm_equals_reference_sampler(tiny_dlm, batch, gen_len, block_len, steps, runtime):
+@pytest.mark.parametrize("fidelity", FIDELITY_NAMES)
+def test_dlm_equals_reference_sampler(tiny_dlm, batch, gen_len, block_len, steps, runtime, fidelity):
     spec, model = tiny_dlm
     ids = prompt(spec, batch, 12)
-    decoder = make_paradigm("dlm", DecodeOptions(block_len=block_len, steps=steps))
+    decoder = make_paradigm("dlm", DecodeOptions(block_len=block_len, steps=steps), fidelity=fidelity)
     with torch.inference_mode():
         result = decoder.generate(on(model, runtime), spec, ids, gen_len, new_log())
         expected = reference_llada(model, ids, gen_len, block_len, steps, spec.mask_token_id)
@@ -79,15 +78,17 @@ def test_dlm_attention_is_bidirectional(tiny_dlm):
     assert not torch.allclose(first, second), "position 0 did not see a change at the last position"
 
 
+@pytest.mark.parametrize("fidelity", FIDELITY_NAMES)
 @pytest.mark.parametrize("runtime", RUNTIMES)
 @pytest.mark.parametrize(("batch", "prompt_len", "gen_len"), [(1, 40, 64), (2, 32, 40), (2, 5, 30), (1, 64, 8)])
-def test_block_equals_no_cache_reference(tiny_block, batch, prompt_len, gen_len, runtime):
+def test_block_equals_no_cache_reference(tiny_block, batch, prompt_len, gen_len, runtime, fidelity):
     spec, model = tiny_block
     ids = prompt(spec, batch, prompt_len)
     with torch.inference_mode():
-        result = make_paradigm("block", DecodeOptions()).generate(on(model, runtime), spec, ids, gen_len, new_log())
+        result = make_paradigm("block", DecodeOptions(), fidelity=fidelity).generate(on(model, runtime), spec, ids,
+                                                                                     gen_len, new_log())
         expected = reference_block_diffusion(model, ids, gen_len, spec.block_size, spec.subblock_size,
-                                             spec.mask_token_id)
+                                             spec.mask_token_id, pad_last_block=fidelity == "reference")
     assert torch.equal(result.tokens, expected)
     assert not (result.tokens == spec.mask_token_id).any()
 
@@ -96,8 +97,8 @@ def test_block_forward_count_matches_the_algorithm(tiny_block):
     spec, model = tiny_block
     prompt_len, gen_len, size = 40, 64, spec.block_size
     with torch.inference_mode():
-        result = make_paradigm("block", DecodeOptions()).generate(on(model), spec, prompt(spec, 1, prompt_len), gen_len,
-                                                                  new_log())
+        result = make_paradigm("block", DecodeOptions(), fidelity="lean").generate(
+            on(model), spec, prompt(spec, 1, prompt_len), gen_len, new_log())
     block_starts = range(prompt_len // size * size, prompt_len + gen_len, size)
     shifted = sum(1 for start in block_starts if start >= prompt_len)  # first tokens from the previous forward
     commits = len(block_starts) - 1

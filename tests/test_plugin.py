@@ -74,7 +74,8 @@ def test_all_strategies_run_with_their_labels(pytester):
         assert FIXED_KEYS <= set(info) and info["nfe"] > 0 and info["tokens_per_forward"] > 0
         assert (info["token_agreement"] is None) == (info["strategy"] == "baseline"), name
     parallel = infos["dlm-tiny-dlm-p16-g32-b1-parallel"]
-    assert parallel["acceptance"] == "simulated" and parallel["tpf_target"] == 3.0 and parallel["nfe"] == 11
+    assert parallel["acceptance"] == "simulated" and parallel["tpf_target"] == 3.0 and parallel["tpf_dispersion"] == 1.0
+    assert parallel["nfe"] < 32 and parallel["row_tokens_per_forward"] == parallel["tokens_per_forward"]  # batch 1
     assert infos["dlm-tiny-dlm-p16-g32-b1-dual_cache"]["acceptance"] == "fixed"
     assert infos["block-tiny-block-p16-g32-b1"]["acceptance"] == "fixed"
     assert 0 <= infos["dlm-tiny-dlm-p16-g32-b1-dual_cache"]["token_agreement"] <= 1
@@ -124,6 +125,10 @@ def test_no_warmup_still_measures_memory_and_warns_that_timings_are_cold(pyteste
         ("--dlm-prompts=wiki", "'wiki' is not a prompt source; allowed: synthetic, gsm8k"),
         ("--dlm-strategies=turbo", "unknown strategy 'turbo'; allowed: all, baseline, parallel"),
         ("--dlm-tpf=0.5", "'0.5' is not a tokens-per-forward target >= 1"),
+        ("--dlm-tpf-dispersion=0.5", "'0.5' is not a dispersion: 0 (every row the mean) or a number >= 1"),
+        ("--dlm-temperature=-1", "'-1' is not a temperature >= 0"),
+        ("--dlm-fidelity=exact", "unknown fidelity 'exact'; allowed: all, reference, lean"),
+        ("--dlm-acceptance-trace=none.json", "--dlm-acceptance-trace=none.json: no such file to replay"),
         ("--dlm-threshold=0", "'0' is not a positive confidence threshold"),
         ("--dlm-max-rounds=2", "--dlm-max-rounds=2 is below --dlm-rounds=6; it must be at least that"),
         ("--dlm-gate=tokens_per_s=5", "'tokens_per_s=5' is not METRIC:THRESHOLD"),
@@ -265,3 +270,38 @@ def test_an_unknown_runtime_is_a_usage_error(pytester):
     result = pytester.runpytest("--dlm-runtime=jit")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*unknown runtime 'jit'; allowed: all, graphs, eager*"])
+
+
+def test_both_fidelities_decode_the_same_tokens_and_the_lean_one_says_so_in_its_id(pytester):
+    data = run_json(pytester, *SMALL, "--dlm-fidelity=all", "--dlm-runtime=all", "--dlm-strategies=all",
+                    "--dlm-paradigms=dlm", "--dlm-prompt=16", "--dlm-gen=32")
+    saved = {bench["fullname"].partition("[")[2].rstrip("]"): bench["extra_info"] for bench in data["benchmarks"]}
+    assert "dlm-tiny-dlm-p16-g32-b1-dual_cache-eager-lean" in saved and "dlm-tiny-dlm-p16-g32-b1" in saved
+    reference = {name: info for name, info in saved.items() if info["fidelity"] == "reference"}
+    lean = {name: info for name, info in saved.items() if info["fidelity"] == "lean"}
+    assert sorted(lean) == sorted(f"{name}-lean" for name in reference) and len(reference) == 10
+    for name, info in reference.items():  # the runtimes agree within each fidelity
+        assert info["runtime_agreement"] in (None, 1.0) and lean[f"{name}-lean"]["nfe"] == info["nfe"], name
+        assert info["bytes_per_forward"] > lean[f"{name}-lean"]["bytes_per_forward"], name  # logits everywhere
+    baseline = reference["dlm-tiny-dlm-p16-g32-b1"]
+    assert baseline["predicted_peak_bytes"] > lean["dlm-tiny-dlm-p16-g32-b1-lean"]["predicted_peak_bytes"]
+
+
+def test_a_checkpoint_run_writes_its_acceptance_and_a_random_run_replays_it(pytester, tmp_path):
+    from safetensors.torch import save_file
+
+    from helpers import tiny
+
+    _, model = tiny("tiny-dlm", seed=3)
+    (tmp_path / "ckpt").mkdir()
+    save_file({key: value.contiguous() for key, value in model.state_dict().items()},
+              str(tmp_path / "ckpt" / "model.safetensors"))
+    trace = pytester.path / "trace.json"
+    common = (*SMALL, "--dlm-paradigms=dlm", "--dlm-strategies=parallel", "--dlm-batch=1", f"--dlm-acceptance-trace={trace}")
+    real = run_json(pytester, *common, f"--dlm-checkpoint=tiny-dlm={tmp_path / 'ckpt'}", "--dlm-threshold=0.004")
+    written = json.loads(trace.read_text())
+    assert written["schema"] == 1 and [entry["strategy"] for entry in written["points"]] == ["parallel"]
+    replayed = run_json(pytester, *common)
+    real_info, replay_info = (run["benchmarks"][0]["extra_info"] for run in (real, replayed))
+    assert real_info["acceptance"] == "model" and replay_info["acceptance"] == "trace"
+    assert replay_info["weights"] == "random" and replay_info["nfe"] == real_info["nfe"]

@@ -103,7 +103,7 @@ def test_report_from_a_saved_smoke_run(pytester, tmp_path):
     assert result.ret == 0
     run = pytester.path / "run.json"
     info = json.loads(run.read_text())["benchmarks"][0]["extra_info"]
-    assert info["flops_per_token"] > 0 and info["ai_paper"] > 0 and info["achieved_tflops"] > 0
+    assert info["flops_per_token"] > 0 and info["ai_paper_flop_per_element"] > 0 and info["achieved_tflops"] > 0
     assert main(["report", str(run), str(run), "--out", str(tmp_path / "report")]) == 0
     names = sorted(path.name for path in (tmp_path / "report").iterdir())
     assert names == ["report.md", "roofline.png", "strategy_speedup.png", "throughput_vs_batch.png",

@@ -11,7 +11,7 @@ import torch
 from helpers import Recorder, new_log, on, prompt
 from pytest_dlmbench.paradigms import DecodeError, DecodeOptions, make_paradigm
 from pytest_dlmbench.paradigms.base import parallel_acceptance
-from pytest_dlmbench.paradigms.acceptance import TargetTPF, Threshold, choose
+from pytest_dlmbench.paradigms.acceptance import Replay, RowTPF, TargetTPF, Threshold, choose
 
 
 
@@ -78,7 +78,7 @@ def test_dlm_cache_forward_counts(tiny_dlm, strategy):
 def test_dlm_simulated_tpf_commits_the_target_per_forward(tiny_dlm):
     spec, model = tiny_dlm
     recorder = Recorder(model)
-    decoder = make_paradigm("dlm", DecodeOptions(block_len=16, tpf=3.0), "parallel")
+    decoder = make_paradigm("dlm", DecodeOptions(block_len=16, tpf=3.0, tpf_dispersion=0), "parallel")
     with torch.inference_mode():
         result = decoder.generate(on(recorder), spec, prompt(spec, 2, 10), 32, new_log())
     states = [x[:, 10:] for x in recorder.inputs] + [result.tokens]
@@ -88,7 +88,8 @@ def test_dlm_simulated_tpf_commits_the_target_per_forward(tiny_dlm):
 
 
 def test_block_simulated_tpf_forward_count(tiny_block):
-    result = generate(tiny_block, "block", "parallel", DecodeOptions(tpf=3.0), prompt_len=32, gen_len=64, batch=1)
+    result = generate(tiny_block, "block", "parallel", DecodeOptions(tpf=3.0, tpf_dispersion=0), prompt_len=32,
+                      gen_len=64, batch=1)
     # blocks [32, 64) and [64, 96): the first token of each comes from the previous forward (prefill,
     # commit), so the sub-blocks hold 7, 8, 8, 8 masks: 3 forwards each at 3 tokens per forward.
     assert len(result.forward_ms["step"]) == 2 * 4 * 3
@@ -100,6 +101,47 @@ def test_choose_rules():
     assert choose(confidence, None, 0.9).tolist() == [[True, False, False, True], [False, True, False, False]]
     assert choose(confidence, 2, None).tolist() == [[True, False, False, True], [False, True, True, False]]
     assert choose(confidence, 5, None).sum(dim=1).tolist() == [3, 3]  # never more than is masked
+    assert choose(confidence, (1, 2), None).tolist() == [[True, False, False, False], [False, True, True, False]]
+    assert choose(confidence, (9, 0), None).sum(dim=1).tolist() == [3, 0]
+
+
+@pytest.mark.parametrize(("tpf", "dispersion"), [(3.0, 1.0), (2.5, 3.0), (1.0, 1.0)])
+def test_row_draws_have_the_asked_mean_and_dispersion(tpf, dispersion):
+    draws = [count for span in range(200) for step, row_counts in zip(range(25), RowTPF(tpf, dispersion).counts(
+        32, span, 4)) for count in row_counts]
+    mean = sum(draws) / len(draws)
+    variance = sum((count - mean) ** 2 for count in draws) / len(draws)
+    assert mean == pytest.approx(tpf, rel=0.03)
+    assert variance == pytest.approx(dispersion * (tpf - 1), rel=0.1, abs=1e-9)
+    again = [next(RowTPF(tpf, dispersion).counts(32, 7, 4)) for _ in range(2)]
+    assert again[0] == again[1]  # seeded per span: every generation of a point commits alike
+
+
+@pytest.mark.parametrize(("paradigm", "strategy", "gen_len"), [("dlm", "parallel", 64), ("dlm", "dual_cache+parallel", 64),
+                                                               ("block", "parallel", 64)])
+def test_per_row_acceptance_makes_a_batch_wait_for_its_slowest_row(tiny_dlm, tiny_block, paradigm, strategy, gen_len):
+    model = tiny_dlm if paradigm == "dlm" else tiny_block
+    options = DecodeOptions(block_len=16, tpf=3.0)
+    nfe = {batch: generate(model, paradigm, strategy, options, gen_len=gen_len, batch=batch).nfe for batch in (1, 16)}
+    assert nfe[16] > nfe[1]
+    equal_rows = dataclasses.replace(options, tpf_dispersion=0)
+    assert (generate(model, paradigm, strategy, equal_rows, gen_len=gen_len, batch=16).nfe
+            == generate(model, paradigm, strategy, equal_rows, gen_len=gen_len, batch=1).nfe)
+    result = generate(model, paradigm, strategy, options, gen_len=gen_len, batch=16)
+    assert max(result.row_nfe) <= result.nfe and min(result.row_nfe) < result.nfe  # rows that finished early
+    assert all(sum(sum(step) for step in span) == 16 * 16 for span in result.commits if paradigm == "dlm")
+
+
+@pytest.mark.parametrize(("paradigm", "strategy"), [("dlm", "parallel"), ("dlm", "dual_cache+parallel"),
+                                                    ("block", "parallel"), ("block", "parallel+subblock_cache")])
+def test_a_replayed_trace_commits_as_recorded(tiny_dlm, tiny_block, paradigm, strategy):
+    model = tiny_dlm if paradigm == "dlm" else tiny_block
+    recorded = generate(model, paradigm, strategy, DecodeOptions(block_len=16, threshold=0.004), batch=3)
+    replay = dataclasses.replace(DecodeOptions(block_len=16, threshold=0.004), replay=recorded.commits)
+    assert parallel_acceptance(replay) == Replay(recorded.commits)
+    replayed = generate(model, paradigm, strategy, replay, batch=3)
+    assert replayed.commits == recorded.commits and replayed.nfe == recorded.nfe
+    assert replayed.row_nfe == recorded.row_nfe
 
 
 def test_unknown_strategy_names_the_known_ones():
@@ -108,7 +150,8 @@ def test_unknown_strategy_names_the_known_ones():
 
 
 def test_acceptance_labels():
-    assert parallel_acceptance(DecodeOptions(tpf=3.0)) == TargetTPF(3.0)
+    assert parallel_acceptance(DecodeOptions(tpf=3.0)) == RowTPF(3.0, 1.0, 0)
+    assert parallel_acceptance(DecodeOptions(tpf=3.0, tpf_dispersion=0, seed=5)) == TargetTPF(3.0)
     assert parallel_acceptance(DecodeOptions(threshold=0.8)) == Threshold(0.8)
 
 

@@ -1,21 +1,31 @@
-"""How many masked positions one diffusion forward commits.
+"""How many masked positions one diffusion forward commits, per sequence of the batch.
 
-Three rules: a fixed per-step schedule (LLaDA's baseline), a confidence threshold acting on the
-model's real confidences (Fast-dLLM parallel decoding), and a simulated tokens-per-forward
-target for random weights, whose confidences say nothing. A forward costs the same whichever
-tokens it commits, so throughput as a function of tokens-per-forward is exact under simulation.
+Four rules: a fixed per-step schedule (LLaDA's baseline), a confidence threshold acting on the
+model's real confidences (Fast-dLLM parallel decoding), a simulated tokens-per-forward target
+for random weights, whose confidences say nothing, and the replay of commits a real checkpoint
+made (an acceptance trace). A forward costs the same whichever tokens it commits, so throughput
+as a function of tokens-per-forward is exact under simulation. Real acceptance differs per
+sequence and a batch forwards until its slowest row is done, so the simulation draws each row's
+commits: 1 + a count with mean tpf - 1 and variance `dispersion` x that mean (0: every row the
+running mean, 1: Poisson, above: negative binomial), seeded per span.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import random
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, Union
+
+from pytest_dlmbench.paradigms.scoring import Scoring, confidence
 
 if TYPE_CHECKING:
     import torch
+
+# Commits of one step: the same count for every row, one per row, or None (the threshold decides).
+Count = Union[int, tuple[int, ...], None]
 
 
 def linear_schedule(masked: int, steps: int) -> list[int]:
@@ -25,13 +35,14 @@ def linear_schedule(masked: int, steps: int) -> list[int]:
 
 
 class Acceptance(Protocol):
-    """Yields, for each forward over a span of `masked` masked positions, how many to commit;
-    None means: every position above `threshold`, plus the most confident one."""
+    """Yields, for each forward over the `span`-th span (of a generation) of `masked` masked
+    positions, how many to commit; None means: every position above `threshold`, plus the most
+    confident one."""
 
     label: str  # recorded as extra_info["acceptance"]
     threshold: float | None
 
-    def counts(self, masked: int) -> Iterator[int | None]: ...
+    def counts(self, masked: int, span: int, batch: int) -> Iterator[Count]: ...
 
 
 @dataclass(frozen=True)
@@ -40,7 +51,7 @@ class Schedule:
     label: str = "fixed"
     threshold: float | None = None
 
-    def counts(self, masked: int) -> Iterator[int | None]:
+    def counts(self, masked: int, span: int, batch: int) -> Iterator[Count]:
         return iter(linear_schedule(masked, self.steps))
 
 
@@ -49,23 +60,71 @@ class Threshold:
     threshold: float
     label: str = "model"
 
-    def counts(self, masked: int) -> Iterator[int | None]:
+    def counts(self, masked: int, span: int, batch: int) -> Iterator[Count]:
         return itertools.repeat(None)
 
 
 @dataclass(frozen=True)
 class TargetTPF:
-    """k_i = floor((i + 1) * tpf) - floor(i * tpf): the running mean of commits is `tpf`."""
+    """Every row commits k_i = floor((i + 1) * tpf) - floor(i * tpf): the running mean is `tpf`."""
 
     tpf: float
     label: str = "simulated"
     threshold: float | None = None
+    dispersion: float = 0.0
 
-    def counts(self, masked: int) -> Iterator[int | None]:
+    def counts(self, masked: int, span: int, batch: int) -> Iterator[Count]:
         return (math.floor((i + 1) * self.tpf) - math.floor(i * self.tpf) for i in itertools.count())
 
 
-def choose(confidence: torch.Tensor, count: int | None, threshold: float | None) -> torch.Tensor:
+@dataclass(frozen=True)
+class RowTPF:
+    """Each row commits 1 + a draw of mean tpf - 1 and variance dispersion x (tpf - 1) per step;
+    the draws depend only on (seed, span), so every generation of a point commits alike."""
+
+    tpf: float
+    dispersion: float = 1.0  # 1: Poisson; above 1: negative binomial (gamma-mixed Poisson)
+    seed: int = 0
+    label: str = "simulated"
+    threshold: float | None = None
+
+    def counts(self, masked: int, span: int, batch: int) -> Iterator[Count]:
+        rng = random.Random(f"{self.seed}/{span}")
+        mean = self.tpf - 1
+        while True:
+            rates = [mean if self.dispersion == 1 or mean == 0 else
+                     rng.gammavariate(mean / (self.dispersion - 1), self.dispersion - 1) for _ in range(batch)]
+            yield tuple(1 + poisson(rng, rate) for rate in rates)
+
+
+def poisson(rng: random.Random, rate: float) -> int:
+    """A Poisson draw by counting uniform products (Knuth; rates here are a few tokens)."""
+    limit, count, product = math.exp(-rate), 0, rng.random()
+    while product > limit:
+        count += 1
+        product *= rng.random()
+    return count
+
+
+@dataclass(frozen=True)
+class Replay:
+    """The commits a real checkpoint made, per (span, step, row); a span longer than its trace
+    commits everything left at its next step."""
+
+    commits: tuple[tuple[tuple[int, ...], ...], ...]
+    label: str = "trace"
+    threshold: float | None = None
+
+    def counts(self, masked: int, span: int, batch: int) -> Iterator[Count]:
+        steps = self.commits[span] if span < len(self.commits) else ()
+        for step in steps:
+            if len(step) != batch:
+                raise ValueError(f"the acceptance trace has {len(step)} rows per step; this batch has {batch}")
+            yield tuple(step)
+        yield from itertools.repeat((masked,) * batch)
+
+
+def choose(confidence: torch.Tensor, count: Count, threshold: float | None) -> torch.Tensor:
     """Which positions to commit. confidence: (batch, n), -inf where nothing is masked."""
     import torch
 
@@ -74,34 +133,26 @@ def choose(confidence: torch.Tensor, count: int | None, threshold: float | None)
         chosen = confidence > threshold
         chosen.scatter_(1, confidence.argmax(dim=-1, keepdim=True), True)
         return chosen & masked
+    if isinstance(count, tuple):  # each row its own count of its most confident masked positions
+        order = confidence.argsort(dim=-1, descending=True, stable=True)  # (batch, n)
+        ranks = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1], device=order.device)
+                                                 .expand_as(order).contiguous())
+        return (ranks < torch.tensor(count, device=ranks.device)[:, None]) & masked
     count = min(count, int(masked.sum(dim=1).min()))
     chosen = torch.zeros_like(masked)
     chosen.scatter_(1, confidence.topk(count, dim=-1).indices, True)  # the `count` most confident
     return chosen
 
 
-def greedy_confidence(logits: torch.Tensor, mask_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Greedy prediction and its softmax probability per position; the mask token is never predicted.
-
-    logits: (batch, positions, vocab) -> confidence (batch, positions) float32, tokens (batch, positions).
-    """
+def commit(x_span: torch.Tensor, logits: torch.Tensor, rows: torch.Tensor | None, mask_token_id: int, count: Count,
+           threshold: float | None, scoring: Scoring, generator: torch.Generator | None = None,
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The span with the chosen masked positions replaced by their predicted tokens, and the
+    commits per row. x_span: (batch, n) ids; logits: (batch, computed, vocab), whose `rows` are
+    the span's positions (None: all, in order)."""
     import torch
 
-    logits = logits.float()
-    logits[..., mask_token_id] = -torch.inf  # committing a mask would leave the answer unfinished
-    probs = torch.softmax(logits, dim=-1)
-    confidence, tokens = probs.max(dim=-1)
-    return confidence, tokens
-
-
-def commit(x_span: torch.Tensor, logits: torch.Tensor, mask_token_id: int, count: int | None,
-           threshold: float | None) -> torch.Tensor:
-    """The span with the chosen masked positions replaced by their greedy tokens.
-
-    x_span: (batch, n) ids; logits: (batch, n, vocab), aligned to the span's positions.
-    """
-    import torch
-
-    confidence, predicted = greedy_confidence(logits, mask_token_id)
-    confidence = torch.where(x_span == mask_token_id, confidence, -torch.inf)
-    return torch.where(choose(confidence, count, threshold), predicted, x_span)
+    scores, predicted = confidence(logits, rows, mask_token_id, scoring, generator)
+    scores = torch.where(x_span == mask_token_id, scores, -torch.inf)
+    chosen = choose(scores, count, threshold)
+    return torch.where(chosen, predicted, x_span), chosen.sum(dim=1)

@@ -1,12 +1,18 @@
-"""Autoregressive decoding: prefill the prompt into a KV cache, then one greedy token per forward."""
+"""Autoregressive decoding: prefill the prompt into a KV cache, then one token per forward.
+
+Greedy, or with a temperature Gumbel-max sampled (the distribution of transformers' sampling).
+Both fidelities are the same work: transformers' `generate` computes the last position's logits only.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from pytest_dlmbench.core import DEFAULT_FIDELITY
 from pytest_dlmbench.memory_model import Phase, parameter_count
 from pytest_dlmbench.paradigms.base import DecodeOptions, ForwardLog, GenerationResult, register, validate_lengths
+from pytest_dlmbench.paradigms.scoring import lean, sample
 
 if TYPE_CHECKING:
     import torch
@@ -22,10 +28,13 @@ class AutoregressiveDecoder:
 
     name: ClassVar[str] = "ar"
     strategies: ClassVar[tuple[str, ...]] = ("baseline",)
+    temperature: float = 0.0
+    seed: int = 0  # sampling noise, with a temperature
 
     @classmethod
-    def from_options(cls, options: DecodeOptions, strategy: str = "baseline") -> AutoregressiveDecoder:
-        return cls()
+    def from_options(cls, options: DecodeOptions, strategy: str = "baseline",
+                     fidelity: str = DEFAULT_FIDELITY) -> AutoregressiveDecoder:
+        return cls(options.temperature, options.seed)
 
     def validate(self, spec: ModelSpec, prompt_len: int, gen_len: int, batch_size: int) -> None:
         validate_lengths(spec, prompt_len, gen_len, batch_size)
@@ -50,14 +59,20 @@ class AutoregressiveDecoder:
         self.validate(spec, prompt_len, gen_len, batch)
         cache = runtime.new_cache(batch, prompt_len + gen_len)
         tokens = torch.empty(batch, gen_len, dtype=torch.long, device=prompt_ids.device)
+        scoring = lean(self.temperature)
+        noise = torch.Generator(tokens.device).manual_seed(self.seed) if self.temperature else None
+
+        def pick(logits: torch.Tensor) -> torch.Tensor:  # (batch, 1, vocab) -> (batch,)
+            return sample(logits, scoring, noise)[:, -1] if self.temperature else logits[:, -1].argmax(dim=-1)
+
         with log.forward("prefill", prompt_len, prompt_len, 1, "causal", prompt_len):  # its last logit is token 0
             logits = runtime.forward(prompt_ids, 0, 1, cache, keep=True, attention="causal")
-        tokens[:, 0] = logits[:, -1].argmax(dim=-1)
+        tokens[:, 0] = pick(logits)
         for position in range(1, gen_len):
             with log.forward("decode", 1, prompt_len + position, 1, "causal", 1):  # (batch, 1) in, (batch, 1, vocab) out
                 logits = runtime.forward(tokens[:, position - 1 : position], prompt_len + position - 1, 1, cache,
                                          keep=True)
-            tokens[:, position] = logits[:, -1].argmax(dim=-1)
+            tokens[:, position] = pick(logits)
         return log.result(tokens)
 
     def probe(self, runtime: Runtime, spec: ModelSpec, prompt_ids: torch.Tensor, gen_len: int, log: ForwardLog) -> None:

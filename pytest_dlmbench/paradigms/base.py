@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
-from pytest_dlmbench.core import DecodeOptions
-from pytest_dlmbench.paradigms.acceptance import Acceptance, TargetTPF, Threshold
+from pytest_dlmbench.core import DEFAULT_FIDELITY, BenchPoint, DecodeOptions, Settings
+from pytest_dlmbench.models import MODEL_SPECS
+from pytest_dlmbench.paradigms.acceptance import Acceptance, Replay, RowTPF, TargetTPF, Threshold
 from pytest_dlmbench.timing import RegionTimer
+from pytest_dlmbench.trace import read_commits
 
 if TYPE_CHECKING:
     import torch
-    from transformers import PreTrainedModel
 
     from pytest_dlmbench.memory_model import Phase
-
     from pytest_dlmbench.models import ModelSpec
+    from pytest_dlmbench.runtimes import Runtime
 
 
 class DecodeError(ValueError):
@@ -25,8 +27,15 @@ class DecodeError(ValueError):
 
 
 def parallel_acceptance(options: DecodeOptions) -> Acceptance:
-    """The commit rule of the parallel strategies: a simulated TPF target, or the model's confidences."""
-    return TargetTPF(options.tpf) if options.tpf is not None else Threshold(options.threshold)
+    """The commit rule of the parallel strategies: a replayed trace, a simulated TPF (equal rows at
+    dispersion 0, else drawn per row), or the model's confidences."""
+    if options.replay is not None:
+        return Replay(options.replay)
+    if options.tpf is None:
+        return Threshold(options.threshold)
+    if options.tpf_dispersion == 0:
+        return TargetTPF(options.tpf)
+    return RowTPF(options.tpf, options.tpf_dispersion, options.seed)
 
 
 FORWARD_KINDS = ("prefill", "decode", "step", "refresh", "commit")
@@ -42,6 +51,8 @@ class ForwardShape:
     logits: int  # positions whose logits were computed
     attention: str = "full"  # "full" (bidirectional), "causal" (queries last) or "block_causal"
     kv_written: int = 0  # positions whose KV this forward wrote into a cache
+    softmax_rows: int = 0  # positions whose logits the scoring after the forward took a softmax over
+    softmax_bytes: int = 0  # bytes that scoring moved per softmax row and vocab entry
 
 
 @dataclass(frozen=True)
@@ -52,6 +63,8 @@ class GenerationResult:
     nfe: int  # model forward passes, prefill included
     forward_ms: dict[str, list[float]] = field(default_factory=dict)  # per forward kind
     shapes: tuple[ForwardShape, ...] = ()  # every forward, in order
+    commits: tuple[tuple[tuple[int, ...], ...], ...] = ()  # per (span, step, row): positions committed
+    row_nfe: tuple[int, ...] = ()  # per row: the forwards it needed (nfe minus its steps that committed nothing)
 
 
 class ForwardLimitReached(Exception):
@@ -67,6 +80,13 @@ class ForwardLog:
     nfe: int = 0
     limit: int | None = None  # stop the generation after this many forwards
     shapes: list[ForwardShape] = field(default_factory=list)
+    steps: list[tuple[int, torch.Tensor]] = field(default_factory=list)  # (span, commits per row) per step
+
+    def committed(self, span: int, per_row: torch.Tensor, softmax_rows: int, softmax_bytes: int) -> None:
+        """Record a step's commits per row, (batch,) on the device (read once, at the end), and what
+        scoring the last forward's logits moved."""
+        self.steps.append((span, per_row))
+        self.shapes[-1] = dataclasses.replace(self.shapes[-1], softmax_rows=softmax_rows, softmax_bytes=softmax_bytes)
 
     @contextmanager
     def forward(self, kind: str, tokens: int, context: int, logits: int, attention: str = "full",
@@ -83,7 +103,18 @@ class ForwardLog:
             raise ForwardLimitReached
 
     def result(self, tokens: torch.Tensor) -> GenerationResult:
-        return GenerationResult(tokens=tokens, nfe=self.nfe, forward_ms=self.timer.read(), shapes=tuple(self.shapes))
+        import torch
+
+        commits: dict[int, list[tuple[int, ...]]] = {}
+        idle = [0] * tokens.shape[0]
+        if self.steps:
+            per_step = torch.stack([per_row for _, per_row in self.steps]).tolist()  # (steps, batch), one sync
+            for (span, _), row_counts in zip(self.steps, per_step):
+                commits.setdefault(span, []).append(tuple(row_counts))
+                idle = [count + (committed == 0) for count, committed in zip(idle, row_counts)]
+        spans = tuple(tuple(commits.get(span, ())) for span in range(max(commits, default=-1) + 1))
+        return GenerationResult(tokens=tokens, nfe=self.nfe, forward_ms=self.timer.read(), shapes=tuple(self.shapes),
+                                commits=spans, row_nfe=tuple(self.nfe - count for count in idle))
 
 
 class Paradigm(Protocol):
@@ -99,7 +130,7 @@ class Paradigm(Protocol):
         ...
 
     def generate(
-        self, model: PreTrainedModel, spec: ModelSpec, prompt_ids: torch.Tensor, gen_len: int, log: ForwardLog
+        self, runtime: Runtime, spec: ModelSpec, prompt_ids: torch.Tensor, gen_len: int, log: ForwardLog
     ) -> GenerationResult: ...
 
     def memory_phases(self, spec: ModelSpec, prompt_len: int, gen_len: int) -> list[Phase]:
@@ -111,7 +142,7 @@ class Paradigm(Protocol):
         caching strategies, which the closed forms do not describe."""
         ...
 
-    def probe(self, model: PreTrainedModel, spec: ModelSpec, prompt_ids: torch.Tensor, gen_len: int, log: ForwardLog) -> None:
+    def probe(self, runtime: Runtime, spec: ModelSpec, prompt_ids: torch.Tensor, gen_len: int, log: ForwardLog) -> None:
         """Reach the generation's peak memory as cheaply as the algorithm allows (OOM probes)."""
         ...
 
@@ -138,15 +169,30 @@ def register(cls: P) -> P:
     return cls
 
 
-def make_paradigm(name: str, options: DecodeOptions, strategy: str = "baseline") -> Paradigm:
-    """An instance of the paradigm registered as `name`, running `strategy`, configured from `options`."""
+def make_paradigm(name: str, options: DecodeOptions, strategy: str = "baseline",
+                  fidelity: str = DEFAULT_FIDELITY) -> Paradigm:
+    """An instance of the paradigm registered as `name`, running `strategy` at `fidelity`,
+    configured from `options`."""
     try:
         cls = PARADIGMS[name]
     except KeyError:
         raise DecodeError(f"unknown paradigm {name!r}; known paradigms: {', '.join(PARADIGMS)}") from None
     if strategy not in cls.strategies:
         raise DecodeError(f"paradigm {name} has no strategy {strategy!r}; it has: {', '.join(cls.strategies)}")
-    return cls.from_options(options, strategy)
+    return cls.from_options(options, strategy, fidelity)
+
+
+def paradigm_for(point: BenchPoint, settings: Settings, weights: str, strategy: str | None = None) -> Paradigm:
+    """The decoder of `point` (or of its `strategy`) for a model with these weights. Random weights
+    cannot decide acceptance: their parallel strategies replay --dlm-acceptance-trace if given,
+    else commit a simulated number of tokens per forward."""
+    options = settings.decode_for(weights)
+    paradigm = make_paradigm(point.paradigm, options, strategy or point.strategy, point.fidelity)
+    if settings.acceptance_trace is None or weights != "random" or \
+            paradigm.describe(MODEL_SPECS[point.model], point.gen_len)["acceptance"] != "simulated":
+        return paradigm
+    replay = dataclasses.replace(options, replay=read_commits(settings.acceptance_trace, point))
+    return make_paradigm(point.paradigm, replay, strategy or point.strategy, point.fidelity)
 
 
 def labels(acceptance: Acceptance, **extra: Any) -> dict[str, Any]:
@@ -155,6 +201,7 @@ def labels(acceptance: Acceptance, **extra: Any) -> dict[str, Any]:
         "acceptance": acceptance.label,
         "threshold": acceptance.threshold,
         "tpf_target": getattr(acceptance, "tpf", None),
+        "tpf_dispersion": getattr(acceptance, "dispersion", None),
         **extra,
     }
 

@@ -10,9 +10,14 @@ append its KV; that forward's last logit is the next block's first token.
 - baseline: threshold 1.0, so exactly one token per step.
 - parallel: every masked position of the sub-block above the threshold (0.9), plus the most
   confident one (or a simulated tokens-per-forward target with random weights).
-- parallel+subblock_cache: the sub-block's first step forwards the whole block and keeps its KV;
-  later steps forward only the sub-block (and the position before it, for the token shift)
-  against prefix + block KV, the rest of the block's KV going stale until the next sub-block.
+- parallel+subblock_cache: a step forwards the whole block and keeps its KV (a refresh) while any
+  row still has the sub-block's first position masked (its logit comes from the position before,
+  outside the sub-block); after that, steps forward only the sub-block against prefix + block KV,
+  the rest of the block's KV going stale, as Fast-dLLM v2 does.
+
+At the `reference` fidelity every forward computes logits at all its positions (the prefill and
+the block's commit forward too), the sub-block is scored in the logits' dtype, and the last block
+is decoded whole even where it reaches past gen_len, as Fast-dLLM v2 does (scoring.py).
 """
 
 from __future__ import annotations
@@ -20,8 +25,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from pytest_dlmbench.core import DEFAULT_FIDELITY
 from pytest_dlmbench.memory_model import Phase, parameter_count
-from pytest_dlmbench.paradigms.acceptance import Acceptance, Threshold, commit, greedy_confidence
+from pytest_dlmbench.paradigms.acceptance import Acceptance, Threshold, commit
 from pytest_dlmbench.paradigms.base import (
     DecodeError,
     DecodeOptions,
@@ -32,6 +38,7 @@ from pytest_dlmbench.paradigms.base import (
     register,
     validate_lengths,
 )
+from pytest_dlmbench.paradigms.scoring import Scoring, greedy_token, lean
 
 if TYPE_CHECKING:
     import torch
@@ -51,12 +58,23 @@ class BlockDiffusionDecoder:
     subblock_cache: bool = False
     subblock_len: int | None = None  # None: the model's sub-block size
     refresh_every_step: bool = False
+    scoring: Scoring = lean()
+    seed: int = 0  # sampling noise, with a temperature
 
     @classmethod
-    def from_options(cls, options: DecodeOptions, strategy: str = "baseline") -> BlockDiffusionDecoder:
+    def from_options(cls, options: DecodeOptions, strategy: str = "baseline",
+                     fidelity: str = DEFAULT_FIDELITY) -> BlockDiffusionDecoder:
         acceptance = Threshold(1.0) if strategy == "baseline" else parallel_acceptance(options)
+        scoring = (Scoring("reference", all_logits=True, softmax_dtype="logits", pad_last_block=True,
+                           temperature=options.temperature) if fidelity == "reference" else lean(options.temperature))
         return cls(acceptance=acceptance, subblock_cache=strategy.endswith("subblock_cache"),
-                   subblock_len=options.subblock_len, refresh_every_step=options.refresh_every_step)
+                   subblock_len=options.subblock_len, refresh_every_step=options.refresh_every_step,
+                   scoring=scoring, seed=options.seed)
+
+    def decoded_length(self, spec: ModelSpec, prompt_len: int, gen_len: int) -> int:
+        """Positions the generation fills: prompt + gen_len, up to a whole block when padded."""
+        total = prompt_len + gen_len
+        return -(-total // spec.block_size) * spec.block_size if self.scoring.pad_last_block else total
 
     def describe(self, spec: ModelSpec, gen_len: int) -> dict[str, Any]:
         described = labels(self.acceptance, block_size=spec.block_size, steps=None)
@@ -78,12 +96,19 @@ class BlockDiffusionDecoder:
         # the block-aligned prefill, then a block forward on the (almost) full cache
         aligned = prompt_len // spec.block_size * spec.block_size
         subblock = self.subblock_len or spec.subblock_size
-        return [Phase(aligned, aligned, 1, cache_grows=False), Phase(prompt_len + gen_len, spec.block_size, subblock)]
+        scoring_bytes = self.scoring.scoring_bytes(2)
+        return [Phase(aligned, aligned, self.scoring.logit_rows(aligned, 1), cache_grows=False, softmax_positions=1),
+                Phase(self.decoded_length(spec, prompt_len, gen_len), spec.block_size,
+                      self.scoring.logit_rows(spec.block_size, subblock), softmax_positions=subblock,
+                      scoring_bytes=scoring_bytes)]
 
     def validate(self, spec: ModelSpec, prompt_len: int, gen_len: int, batch_size: int) -> None:
         validate_lengths(spec, prompt_len, gen_len, batch_size)
         if spec.mask_token_id is None or spec.block_size is None or spec.subblock_size is None:
             raise DecodeError(f"model {spec.name} is not a block-diffusion model (needs mask token and block sizes)")
+        if self.decoded_length(spec, prompt_len, gen_len) > spec.max_positions:
+            raise DecodeError(f"the last block, decoded whole, reaches past {spec.name}'s {spec.max_positions} "
+                              "positions; use --dlm-fidelity=lean or a shorter prompt + gen")
         subblock = self.subblock_len or spec.subblock_size
         if spec.block_size % subblock:
             raise DecodeError(f"subblock_len={subblock} must divide {spec.name}'s block size {spec.block_size}")
@@ -105,58 +130,69 @@ class BlockDiffusionDecoder:
         self.validate(spec, prompt_len, gen_len, batch)
         mask_id, block_size = spec.mask_token_id, spec.block_size
         subblock_size = self.subblock_len or spec.subblock_size
-        threshold = self.acceptance.threshold
-        total = prompt_len + gen_len
-        answer = torch.full((batch, gen_len), mask_id, dtype=torch.long, device=prompt_ids.device)
+        threshold, scoring = self.acceptance.threshold, self.scoring
+        total = self.decoded_length(spec, prompt_len, gen_len)
+        answer = torch.full((batch, total - prompt_len), mask_id, dtype=torch.long, device=prompt_ids.device)
         x = torch.cat([prompt_ids, answer], dim=1)  # (batch, total)
+        noise = torch.Generator(x.device).manual_seed(self.seed) if scoring.temperature else None
         cache = runtime.new_cache(batch, total)
         aligned = prompt_len // block_size * block_size
         first_token = None  # (batch,): the prediction for the next block's first position
         if aligned:
-            with log.forward("prefill", aligned, aligned, 1, "block_causal", aligned):
-                logits = runtime.forward(x[:, :aligned], 0, 1, cache, keep=True, attention="block_causal",
+            rows = scoring.logit_rows(aligned, 1)
+            with log.forward("prefill", aligned, aligned, rows, "block_causal", aligned):
+                logits = runtime.forward(x[:, :aligned], 0, rows, cache, keep=True, attention="block_causal",
                                          block_size=block_size)
-            first_token = greedy_confidence(logits[:, -1:], mask_id)[1][:, 0]
+            first_token = greedy_token(logits, mask_id)
         starts = list(range(aligned, total, block_size))
         if resume_blocks is not None and len(starts) > resume_blocks:
             starts = starts[-resume_blocks:]
             cache.extend(starts[0])
             if first_token is None:  # nothing was prefilled: any prediction will do for a probe
                 first_token = torch.zeros(batch, dtype=torch.long, device=x.device)
+        span = 0
         for start in starts:
             end = min(start + block_size, total)
             if start >= prompt_len:  # token shift: the previous forward's last logit predicts it
                 x[:, start] = first_token
             for sub_start in range(start, end, subblock_size):
                 sub = slice(sub_start, min(sub_start + subblock_size, end))
-                span_start = max(sub.start - 1, start)  # the sub-block and the position its first logit comes from
                 # logits for position p come from p - 1 (position `start` is never masked here)
                 shifted = (torch.arange(sub.start, sub.stop, device=x.device) - 1).clamp(min=start)
-                counts = self.acceptance.counts(sub.stop - sub.start)
+                counts = self.acceptance.counts(sub.stop - sub.start, span, batch)
                 step = 0
                 while bool((x[:, sub] == mask_id).any()):
                     if resume_blocks is not None and step == 2:  # a probe: later steps repeat these shapes
                         x[:, sub] = x[:, sub].masked_fill(x[:, sub] == mask_id, 0)
                         break
-                    if not self.subblock_cache or step == 0 or self.refresh_every_step:
+                    # the sub-block's first position takes its logit from outside the sub-block
+                    refresh = step == 0 or self.refresh_every_step or bool((x[:, sub.start] == mask_id).any())
+                    if not self.subblock_cache or refresh:
                         cache.truncate(start)
                         kind = "step" if not self.subblock_cache or step == 0 else "refresh"
-                        with log.forward(kind, end - start, end, sub.stop - sub.start, kv_written=end - start):
-                            # (batch, block) against the cached prefix, no mask -> (batch, sub-block, vocab)
-                            logits = runtime.forward(x[:, start:end], start, shifted - start, cache,
-                                                     keep=self.subblock_cache)
+                        scored = shifted - start  # (batch, block) against the cached prefix, no mask
+                        rows = scored if not scoring.all_logits else end - start
+                        with log.forward(kind, end - start, end, scoring.logit_rows(end - start, sub.stop - sub.start),
+                                         kv_written=end - start):
+                            logits = runtime.forward(x[:, start:end], start, rows, cache, keep=self.subblock_cache)
                         if self.subblock_cache:
-                            cache.drop(span_start, sub.stop)  # keep prefix + the rest of the block
-                    if self.subblock_cache and step > 0:
-                        with log.forward("step", sub.stop - span_start, end, sub.stop - sub.start,
-                                         kv_written=sub.stop - span_start):
-                            logits = runtime.forward(x[:, span_start : sub.stop], span_start, shifted - span_start,
-                                                     cache)
-                    x[:, sub] = commit(x[:, sub], logits, mask_id, next(counts), threshold)
+                            cache.drop(sub.start, sub.stop)  # keep prefix + the rest of the block
+                    else:  # only the sub-block; its first position (committed) takes its own logit
+                        scored = (shifted - sub.start).clamp(min=0)
+                        rows = scored if not scoring.all_logits else sub.stop - sub.start
+                        with log.forward("step", sub.stop - sub.start, end, sub.stop - sub.start,
+                                         kv_written=sub.stop - sub.start):
+                            logits = runtime.forward(x[:, sub], sub.start, rows, cache)
+                    x[:, sub], committed = commit(x[:, sub], logits, scored if scoring.all_logits else None, mask_id,
+                                                  next(counts), threshold, scoring, noise)
+                    log.committed(span, committed, scoring.softmax_rows(logits.shape[1], sub.stop - sub.start),
+                                  scoring.traffic_bytes(logits.element_size()))
                     step += 1
+                span += 1
             cache.truncate(start)
             if end < total:
-                with log.forward("commit", end - start, end, 1, kv_written=end - start):  # append the block's KV
-                    logits = runtime.forward(x[:, start:end], start, 1, cache, keep=True)
-                first_token = greedy_confidence(logits[:, -1:], mask_id)[1][:, 0]
-        return log.result(x[:, prompt_len:])
+                rows = scoring.logit_rows(end - start, 1)
+                with log.forward("commit", end - start, end, rows, kv_written=end - start):  # append the block's KV
+                    logits = runtime.forward(x[:, start:end], start, rows, cache, keep=True)
+                first_token = greedy_token(logits, mask_id)
+        return log.result(x[:, prompt_len : prompt_len + gen_len])

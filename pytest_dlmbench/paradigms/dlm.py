@@ -11,7 +11,11 @@ probability of their argmax and commits some of them (the acceptance rule decide
 - dual_cache: as prefix_cache, but the suffix after the block is cached too (its KV goes stale
   within the block and is refreshed at the next block), so later steps forward only the block.
 - parallel / dual_cache+parallel: commit every masked position above the confidence threshold
-  (or a simulated tokens-per-forward target), at least one; the block repeats until done.
+  (or a simulated tokens-per-forward target), at least one; the block repeats until every row
+  of the batch is done (rows already done are forwarded too, as published).
+
+At the `reference` fidelity every forward computes logits at all its positions and scores them
+in float64, as Fast-dLLM's llada/generate.py does (scoring.py).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from pytest_dlmbench.core import DEFAULT_FIDELITY
 from pytest_dlmbench.memory_model import Phase, parameter_count
 from pytest_dlmbench.paradigms.acceptance import Acceptance, Schedule, commit
 from pytest_dlmbench.paradigms.base import (
@@ -32,12 +37,13 @@ from pytest_dlmbench.paradigms.base import (
     register,
     validate_lengths,
 )
+from pytest_dlmbench.paradigms.scoring import Scoring, lean
 
 if TYPE_CHECKING:
     import torch
 
     from pytest_dlmbench.models import ModelSpec
-    from pytest_dlmbench.runtimes import Runtime
+    from pytest_dlmbench.runtimes import KVCache, Runtime
 
 CACHES = ("none", "prefix", "dual")
 
@@ -54,13 +60,18 @@ class MaskedDiffusionDecoder:
     cache: str = "none"  # one of CACHES
     parallel: Acceptance | None = None  # None: LLaDA's fixed schedule
     refresh_every_step: bool = False
+    scoring: Scoring = lean()
+    seed: int = 0  # sampling noise, with a temperature
 
     @classmethod
-    def from_options(cls, options: DecodeOptions, strategy: str = "baseline") -> MaskedDiffusionDecoder:
+    def from_options(cls, options: DecodeOptions, strategy: str = "baseline",
+                     fidelity: str = DEFAULT_FIDELITY) -> MaskedDiffusionDecoder:
         cache = {"prefix_cache": "prefix", "dual_cache": "dual", "dual_cache+parallel": "dual"}.get(strategy, "none")
         parallel = parallel_acceptance(options) if strategy.endswith("parallel") else None
+        scoring = (Scoring("reference", all_logits=True, softmax_dtype="float64", softmax_all=True,
+                           temperature=options.temperature) if fidelity == "reference" else lean(options.temperature))
         return cls(block_len=options.block_len, steps=options.steps, cache=cache, parallel=parallel,
-                   refresh_every_step=options.refresh_every_step)
+                   refresh_every_step=options.refresh_every_step, scoring=scoring, seed=options.seed)
 
     def total_steps(self, gen_len: int) -> int:
         return self.steps if self.steps is not None else gen_len
@@ -85,7 +96,10 @@ class MaskedDiffusionDecoder:
         # every step is a full forward; with a cache, the block's first one also fills a new cache
         # with every position's KV (the later steps' forwards are smaller)
         total = prompt_len + gen_len
-        return [Phase(total if self.cache != "none" else 0, total, self.block_len, cache_grows=False)]
+        logits = self.scoring.logit_rows(total, self.block_len)
+        return [Phase(total if self.cache != "none" else 0, total, logits, cache_grows=False,
+                      softmax_positions=logits if self.scoring.softmax_all else self.block_len,
+                      scoring_bytes=self.scoring.scoring_bytes(2))]
 
     def validate(self, spec: ModelSpec, prompt_len: int, gen_len: int, batch_size: int) -> None:
         validate_lengths(spec, prompt_len, gen_len, batch_size)
@@ -111,27 +125,42 @@ class MaskedDiffusionDecoder:
         x = torch.cat([prompt_ids, answer], dim=1)  # (batch, prompt_len + gen_len)
         acceptance = self.acceptance(gen_len)
         block_rows = torch.arange(self.block_len, device=x.device)
-        for start in range(prompt_len, total, self.block_len):
+        noise = torch.Generator(x.device).manual_seed(self.seed) if self.scoring.temperature else None
+
+        def forward(ids: torch.Tensor, start: int, scored: torch.Tensor, cache: KVCache | None = None,
+                    keep: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+            """The logits, and the scored rows among them (None: the logits are the scored rows)."""
+            if self.scoring.all_logits:
+                return runtime.forward(ids, start, ids.shape[1], cache, keep), scored
+            return runtime.forward(ids, start, scored, cache, keep), None
+
+        for span, start in enumerate(range(prompt_len, total, self.block_len)):
             end = start + self.block_len
-            counts = acceptance.counts(self.block_len)
+            counts = acceptance.counts(self.block_len, span, batch)
             step = 0
             while bool((x[:, start:end] == mask_id).any()):
                 if self.cache == "none":
-                    with log.forward("step", total, total, self.block_len):  # bidirectional; this block's logits only
-                        logits = runtime.forward(x, 0, block_rows + start)  # (batch, block, vocab)
+                    with log.forward("step", total, total, self.scoring.logit_rows(total, self.block_len)):
+                        logits, rows = forward(x, 0, block_rows + start)  # bidirectional over everything
                 if self.cache != "none" and (step == 0 or self.refresh_every_step):
                     cache = runtime.new_cache(batch, total)
-                    with log.forward("refresh", total, total, self.block_len, kv_written=total):  # also fills the cache
-                        logits = runtime.forward(x, 0, block_rows + start, cache, keep=True)
+                    with log.forward("refresh", total, total, self.scoring.logit_rows(total, self.block_len),
+                                     kv_written=total):  # also fills the cache
+                        logits, rows = forward(x, 0, block_rows + start, cache, keep=True)
                     if self.cache == "prefix":
                         cache.truncate(start)  # keep positions before the block
                     else:
                         cache.drop(start, end)  # keep prefix and suffix
                 if self.cache != "none" and step > 0:
                     span_end = total if self.cache == "prefix" else end  # prefix: the block and all after it
-                    with log.forward("step", span_end - start, total, self.block_len, kv_written=span_end - start):
-                        logits = runtime.forward(x[:, start:span_end], start, block_rows, cache)
-                x[:, start:end] = commit(x[:, start:end], logits, mask_id, next(counts), acceptance.threshold)
+                    with log.forward("step", span_end - start, total,
+                                     self.scoring.logit_rows(span_end - start, self.block_len),
+                                     kv_written=span_end - start):
+                        logits, rows = forward(x[:, start:span_end], start, block_rows, cache)
+                x[:, start:end], committed = commit(x[:, start:end], logits, rows, mask_id, next(counts),
+                                                    acceptance.threshold, self.scoring, noise)
+                log.committed(span, committed, self.scoring.softmax_rows(logits.shape[1], self.block_len),
+                              self.scoring.traffic_bytes(logits.element_size()))
                 step += 1
         return log.result(x[:, prompt_len:])
 

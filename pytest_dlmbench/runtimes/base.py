@@ -43,6 +43,7 @@ class Runtime(Protocol):
     name: ClassVar[str]
     model: PreTrainedModel
     capture_s: float | None  # seconds spent capturing or compiling so far (None: nothing is captured)
+    concatenates: ClassVar[bool]  # a forward that extends the cache copies what it held (the roofline counts it)
 
     def new_cache(self, batch: int, capacity: int) -> KVCache:
         """An empty cache for `batch` sequences of at most `capacity` positions."""

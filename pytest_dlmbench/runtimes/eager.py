@@ -55,6 +55,7 @@ class EagerRuntime:
     """Each forward is the model's own `forward` on a DynamicCache that grows and is cut."""
 
     name: ClassVar[str] = "eager"
+    concatenates: ClassVar[bool] = True  # DynamicCache.update: torch.cat per layer
 
     def __init__(self, model: PreTrainedModel) -> None:
         self.model = model

@@ -147,6 +147,7 @@ class GraphRuntime:
     """Static-shape forwards through this module's attention; on CUDA each shape is a CUDA graph."""
 
     name: ClassVar[str] = "graphs"
+    concatenates: ClassVar[bool] = False  # static slots, written in place
 
     def __init__(self, model: PreTrainedModel) -> None:
         import torch
