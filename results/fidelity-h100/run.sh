@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Reference-fidelity measurements on the GPU. Usage, from the repository root:
+#   OUT=folder results/fidelity-h100/run.sh boundary NAME [options]  # dlm OOM boundaries, p40 and p920, gen 256
+#   OUT=folder results/fidelity-h100/run.sh sweep NAME [options]     # parallel strategies at batch 1, 4, 16, 64
+# Each invocation's wall time is printed and kept in OUT/walltime.txt.
+set -u
+: "${OUT:?set OUT}"
+mkdir -p "$OUT"
+run() {  # NAME TEST [options]
+  local name=$1 test=$2 start=$SECONDS
+  shift 2
+  python -m pytest "$test" -p no:cacheprovider -q -rs --benchmark-json="$OUT/$name.json" \
+    --dlm-journal="$OUT/$name.jsonl" "$@" >"$OUT/$name.log" 2>&1
+  local rc=$?
+  echo "$name rc=$rc $((SECONDS - start))s" | tee -a "$OUT/walltime.txt"
+}
+case $1 in
+  boundary)  # the largest batch whose probe fits; no full generation is timed (--dlm-max-time=1)
+    run "$2" benchmarks/test_oom_boundary.py --dlm-grid=standard --dlm-boundary --dlm-paradigms=dlm --dlm-gen=256 \
+      --dlm-strategies=baseline,dual_cache --dlm-isolate=off --dlm-warmup=0 --dlm-rounds=1 --dlm-max-time=1 \
+      --dlm-max-batch=256 "${@:3}" ;;
+  sweep)  # the seed's batch sweep for the parallel strategies, prompt 40, gen 256
+    run "$2" benchmarks/test_generation.py --dlm-grid=paper --dlm-prompt=40 --dlm-gen=256 --dlm-batch=1,4,16,64 \
+      --dlm-paradigms=dlm,block --dlm-strategies=parallel,dual_cache+parallel,parallel+subblock_cache \
+      --dlm-warmup=0 --dlm-rounds=1 "${@:3}" ;;
+esac
