@@ -11,7 +11,7 @@ from tabulate import tabulate
 
 from pytest_dlmbench.core import MEASUREMENT_AXES, PointMetrics
 
-SUMMARY_HEADERS = ("paradigm", "strategy", "runtime", "model", "prompt", "gen", "batch", "tok/s", "ms/forward", "NFE",
+SUMMARY_HEADERS = ("paradigm", "strategy", "runtime", "fidelity", "model", "prompt", "gen", "batch", "tok/s", "ms/forward", "NFE",
                    "TPF", "peak MiB", "status")
 
 
@@ -22,7 +22,7 @@ def _mib(value: int | None) -> float | None:
 def summary_table(results: Iterable[PointMetrics]) -> str:
     """One row per point; peak memory is torch's allocated peak on CUDA and RSS on CPU."""
     rows = [
-        (m.paradigm, m.strategy, m.runtime, m.model, m.prompt_len, m.gen_len, m.batch_size, m.tokens_per_s, m.ms_per_forward, m.nfe,
+        (m.paradigm, m.strategy, m.runtime, m.fidelity, m.model, m.prompt_len, m.gen_len, m.batch_size, m.tokens_per_s, m.ms_per_forward, m.nfe,
          m.tokens_per_forward, _mib(m.peak_bytes), m.status)
         for m in results
     ]
