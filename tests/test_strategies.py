@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from helpers import Recorder, new_log, on, prompt
+from pytest_dlmbench.memory_model import predicted_peak_bytes
 from pytest_dlmbench.paradigms import DecodeError, DecodeOptions, make_paradigm
 from pytest_dlmbench.paradigms.base import parallel_acceptance
 from pytest_dlmbench.paradigms.acceptance import Replay, RowTPF, TargetTPF, Threshold, choose
@@ -173,3 +174,21 @@ def test_dlm_builds_a_kv_cache_only_in_the_caching_strategies(tiny_dlm, strategy
         make_paradigm("dlm", DecodeOptions(block_len=16, tpf=4.0), strategy).generate(
             on(Spy()), spec, prompt(spec, 1, 10), 32, new_log())
     assert any(built) == caches  # an unused cache would cost batch x length x KV bytes of memory
+
+
+@pytest.mark.parametrize(("paradigm", "strategy"), [(name, strategy) for name in ("ar", "dlm", "block")
+                                                    for strategy in make_paradigm(name, DecodeOptions()).strategies])
+@pytest.mark.parametrize("options", [DecodeOptions(block_len=16, tpf=3.0), DecodeOptions(block_len=16, threshold=0.004)])
+def test_both_fidelities_decode_the_same_tokens_with_more_memory_for_reference(tiny_ar, tiny_dlm, tiny_block, paradigm,
+                                                                               strategy, options):
+    spec, model = {"ar": tiny_ar, "dlm": tiny_dlm, "block": tiny_block}[paradigm]
+    ids = prompt(spec, 3, 32)  # 32 + 64: whole blocks, so v2's padding of the last block adds nothing
+    results, peaks = {}, {}
+    for fidelity in ("lean", "reference"):
+        decoder = make_paradigm(paradigm, options, strategy, fidelity)
+        with torch.inference_mode():
+            results[fidelity] = decoder.generate(on(model), spec, ids, 64, new_log())
+        peaks[fidelity] = predicted_peak_bytes(spec, decoder.memory_phases(spec, 32, 64), 3, "fp32")
+    assert torch.equal(results["lean"].tokens, results["reference"].tokens)
+    assert results["lean"].nfe == results["reference"].nfe
+    assert (peaks["reference"] > peaks["lean"]) == (paradigm != "ar")  # logits everywhere, float64 scoring
