@@ -241,11 +241,11 @@ def compare(base: dict[str, dict[str, Any]], new: dict[str, dict[str, Any]], rul
             continue
         if new_status not in COMPLETED:
             continue
-        changed = [(axis, old, now) for axis, saved_before in MEASUREMENT_AXES.items()
-                   for old, now in [(run[point].get(axis, saved_before) for run in (base, new))] if old != now]
-        if changed:  # a runtime or fidelity change is not a code change: nothing to judge
-            axis, old, now = changed[0]
-            verdicts.append(Verdict(point, axis, old, now, f"{old} -> {now}", "not comparable"))
+        changed = next((axis for axis, saved_before in MEASUREMENT_AXES.items()
+                        if base[point].get(axis, saved_before) != new[point].get(axis, saved_before)), None)
+        if changed is not None:  # a runtime or fidelity change is not a code change: nothing to judge
+            old, now = (run[point].get(changed, MEASUREMENT_AXES[changed]) for run in (base, new))
+            verdicts.append(Verdict(point, changed, old, now, f"{old} -> {now}", "not comparable"))
             continue
         verdicts += [judge(point, rule, base[point], new[point]) for rule in rules]
     return holm(verdicts)

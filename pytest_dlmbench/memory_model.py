@@ -12,7 +12,7 @@ where a point would run out of memory on cards that are not present.
 - logits: positions whose logits are computed x vocab x dtype bytes, alive with the last
   activations; after the forward, when the activations are gone, scoring adds per softmax row and
   vocab entry its `scoring_bytes` (a float32 copy and its softmax: 8; the published float64 path:
-  16, or 40 with its float64 Gumbel noise; paradigms/scoring.py): the larger of the two stages counts.
+  16, or 40 with its float64 Gumbel noise; a softmax in the logits' dtype: their size; paradigms/scoring.py): the larger of the two stages counts.
 Each paradigm names its phases (cached positions, forward tokens, logit positions) in
 `memory_phases()`. The estimate ignores allocator rounding and fragmentation and the CUDA context.
 """
@@ -36,7 +36,7 @@ class Phase:
     logit_positions: int
     cache_grows: bool = True  # appends to a cache (one layer copied); False: fills an empty one
     softmax_positions: int | None = None  # rows the scoring's softmax runs over (None: the logit positions)
-    scoring_bytes: int = 8  # scoring memory per softmax row and vocab entry, beyond the logits
+    scoring_bytes: int | None = 8  # scoring memory per softmax row and vocab entry beyond the logits (None: dtype bytes)
 
 
 def parameter_count(spec: ModelSpec) -> int:
@@ -56,7 +56,7 @@ def predicted_peak_bytes(spec: ModelSpec, phases: list[Phase], batch_size: int, 
         + phase.logit_positions * spec.vocab_size * size
         + max(  # in the forward: activations; after it: scoring
             phase.forward_tokens * (4 * spec.hidden_size + 3 * spec.intermediate_size) * size,
-            phase.scoring_bytes * spec.vocab_size
+            (size if phase.scoring_bytes is None else phase.scoring_bytes) * spec.vocab_size
             * (phase.logit_positions if phase.softmax_positions is None else phase.softmax_positions),
         )
         for phase in phases

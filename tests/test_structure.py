@@ -23,10 +23,10 @@ PACKAGE = Path(__file__).parent.parent / "pytest_dlmbench"
 # A module imports only from layers below its own (type-only imports included).
 LAYERS = (
     {"pytest_dlmbench", "core"},
-    {"device", "models", "gate", "journal", "prompts", "paradigms.scoring", "runtimes.base", "trace"},
+    {"device", "models", "gate", "journal", "prompts", "runtimes.base", "trace"},
     {"timing", "memory", "memory_model", "store", "loader", "machine", "runtimes.eager", "runtimes.graphs",
-     "paradigms.acceptance"},
-    {"runtimes"},
+     "paradigms.scoring"},
+    {"runtimes", "paradigms.acceptance"},
     {"paradigms.base", "report"},
     {"paradigms.ar", "paradigms.block", "paradigms.dlm"},
     {"paradigms", "roofline"},

@@ -106,12 +106,12 @@ class ForwardLog:
         import torch
 
         commits: dict[int, list[tuple[int, ...]]] = {}
-        idle = [0] * tokens.shape[0]
+        idle = [0] * tokens.shape[0]  # per row: steps that committed nothing
         if self.steps:
-            per_step = torch.stack([per_row for _, per_row in self.steps]).tolist()  # (steps, batch), one sync
-            for (span, _), row_counts in zip(self.steps, per_step):
+            per_step = torch.stack([per_row for _, per_row in self.steps])  # (steps, batch)
+            idle = (per_step == 0).sum(dim=0).tolist()
+            for (span, _), row_counts in zip(self.steps, per_step.tolist()):
                 commits.setdefault(span, []).append(tuple(row_counts))
-                idle = [count + (committed == 0) for count, committed in zip(idle, row_counts)]
         spans = tuple(tuple(commits.get(span, ())) for span in range(max(commits, default=-1) + 1))
         return GenerationResult(tokens=tokens, nfe=self.nfe, forward_ms=self.timer.read(), shapes=tuple(self.shapes),
                                 commits=spans, row_nfe=tuple(self.nfe - count for count in idle))

@@ -96,11 +96,10 @@ class BlockDiffusionDecoder:
         # the block-aligned prefill, then a block forward on the (almost) full cache
         aligned = prompt_len // spec.block_size * spec.block_size
         subblock = self.subblock_len or spec.subblock_size
-        scoring_bytes = self.scoring.scoring_bytes(2)
         return [Phase(aligned, aligned, self.scoring.logit_rows(aligned, 1), cache_grows=False, softmax_positions=1),
                 Phase(self.decoded_length(spec, prompt_len, gen_len), spec.block_size,
                       self.scoring.logit_rows(spec.block_size, subblock), softmax_positions=subblock,
-                      scoring_bytes=scoring_bytes)]
+                      scoring_bytes=self.scoring.scoring_bytes())]
 
     def validate(self, spec: ModelSpec, prompt_len: int, gen_len: int, batch_size: int) -> None:
         validate_lengths(spec, prompt_len, gen_len, batch_size)
@@ -139,10 +138,9 @@ class BlockDiffusionDecoder:
         aligned = prompt_len // block_size * block_size
         first_token = None  # (batch,): the prediction for the next block's first position
         if aligned:
-            rows = scoring.logit_rows(aligned, 1)
-            with log.forward("prefill", aligned, aligned, rows, "block_causal", aligned):
-                logits = runtime.forward(x[:, :aligned], 0, rows, cache, keep=True, attention="block_causal",
-                                         block_size=block_size)
+            with log.forward("prefill", aligned, aligned, scoring.logit_rows(aligned, 1), "block_causal", aligned):
+                logits, _ = scoring.forward(runtime, x[:, :aligned], 0, 1, cache, keep=True, attention="block_causal",
+                                            block_size=block_size)
             first_token = greedy_token(logits, mask_id)
         starts = list(range(aligned, total, block_size))
         if resume_blocks is not None and len(starts) > resume_blocks:
@@ -165,34 +163,33 @@ class BlockDiffusionDecoder:
                     if resume_blocks is not None and step == 2:  # a probe: later steps repeat these shapes
                         x[:, sub] = x[:, sub].masked_fill(x[:, sub] == mask_id, 0)
                         break
-                    # the sub-block's first position takes its logit from outside the sub-block
-                    refresh = step == 0 or self.refresh_every_step or bool((x[:, sub.start] == mask_id).any())
-                    if not self.subblock_cache or refresh:
+                    # refresh while the sub-block's first position, whose logit comes from outside it, is masked
+                    if (not self.subblock_cache or step == 0 or self.refresh_every_step
+                            or bool((x[:, sub.start] == mask_id).any())):
                         cache.truncate(start)
                         kind = "step" if not self.subblock_cache or step == 0 else "refresh"
-                        scored = shifted - start  # (batch, block) against the cached prefix, no mask
-                        rows = scored if not scoring.all_logits else end - start
                         with log.forward(kind, end - start, end, scoring.logit_rows(end - start, sub.stop - sub.start),
                                          kv_written=end - start):
-                            logits = runtime.forward(x[:, start:end], start, rows, cache, keep=self.subblock_cache)
+                            # (batch, block) against the cached prefix, no mask
+                            logits, rows = scoring.forward(runtime, x[:, start:end], start, shifted - start, cache,
+                                                           keep=self.subblock_cache)
                         if self.subblock_cache:
                             cache.drop(sub.start, sub.stop)  # keep prefix + the rest of the block
                     else:  # only the sub-block; its first position (committed) takes its own logit
-                        scored = (shifted - sub.start).clamp(min=0)
-                        rows = scored if not scoring.all_logits else sub.stop - sub.start
                         with log.forward("step", sub.stop - sub.start, end, sub.stop - sub.start,
                                          kv_written=sub.stop - sub.start):
-                            logits = runtime.forward(x[:, sub], sub.start, rows, cache)
-                    x[:, sub], committed = commit(x[:, sub], logits, scored if scoring.all_logits else None, mask_id,
-                                                  next(counts), threshold, scoring, noise)
+                            logits, rows = scoring.forward(runtime, x[:, sub], sub.start,
+                                                           (shifted - sub.start).clamp(min=0), cache)
+                    x[:, sub], committed = commit(x[:, sub], logits, rows, mask_id, next(counts), threshold, scoring,
+                                                  noise)
                     log.committed(span, committed, scoring.softmax_rows(logits.shape[1], sub.stop - sub.start),
                                   scoring.traffic_bytes(logits.element_size()))
                     step += 1
                 span += 1
             cache.truncate(start)
             if end < total:
-                rows = scoring.logit_rows(end - start, 1)
-                with log.forward("commit", end - start, end, rows, kv_written=end - start):  # append the block's KV
-                    logits = runtime.forward(x[:, start:end], start, rows, cache, keep=True)
+                with log.forward("commit", end - start, end, scoring.logit_rows(end - start, 1),
+                                 kv_written=end - start):  # append the block's KV
+                    logits, _ = scoring.forward(runtime, x[:, start:end], start, 1, cache, keep=True)
                 first_token = greedy_token(logits, mask_id)
         return log.result(x[:, prompt_len : prompt_len + gen_len])

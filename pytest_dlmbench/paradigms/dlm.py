@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     import torch
 
     from pytest_dlmbench.models import ModelSpec
-    from pytest_dlmbench.runtimes import KVCache, Runtime
+    from pytest_dlmbench.runtimes import Runtime
 
 CACHES = ("none", "prefix", "dual")
 
@@ -99,7 +99,7 @@ class MaskedDiffusionDecoder:
         logits = self.scoring.logit_rows(total, self.block_len)
         return [Phase(total if self.cache != "none" else 0, total, logits, cache_grows=False,
                       softmax_positions=logits if self.scoring.softmax_all else self.block_len,
-                      scoring_bytes=self.scoring.scoring_bytes(2))]
+                      scoring_bytes=self.scoring.scoring_bytes())]
 
     def validate(self, spec: ModelSpec, prompt_len: int, gen_len: int, batch_size: int) -> None:
         validate_lengths(spec, prompt_len, gen_len, batch_size)
@@ -126,13 +126,7 @@ class MaskedDiffusionDecoder:
         acceptance = self.acceptance(gen_len)
         block_rows = torch.arange(self.block_len, device=x.device)
         noise = torch.Generator(x.device).manual_seed(self.seed) if self.scoring.temperature else None
-
-        def forward(ids: torch.Tensor, start: int, scored: torch.Tensor, cache: KVCache | None = None,
-                    keep: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-            """The logits, and the scored rows among them (None: the logits are the scored rows)."""
-            if self.scoring.all_logits:
-                return runtime.forward(ids, start, ids.shape[1], cache, keep), scored
-            return runtime.forward(ids, start, scored, cache, keep), None
+        forward = self.scoring.forward
 
         for span, start in enumerate(range(prompt_len, total, self.block_len)):
             end = start + self.block_len
@@ -141,12 +135,12 @@ class MaskedDiffusionDecoder:
             while bool((x[:, start:end] == mask_id).any()):
                 if self.cache == "none":
                     with log.forward("step", total, total, self.scoring.logit_rows(total, self.block_len)):
-                        logits, rows = forward(x, 0, block_rows + start)  # bidirectional over everything
+                        logits, rows = forward(runtime, x, 0, block_rows + start)  # bidirectional over everything
                 if self.cache != "none" and (step == 0 or self.refresh_every_step):
                     cache = runtime.new_cache(batch, total)
                     with log.forward("refresh", total, total, self.scoring.logit_rows(total, self.block_len),
                                      kv_written=total):  # also fills the cache
-                        logits, rows = forward(x, 0, block_rows + start, cache, keep=True)
+                        logits, rows = forward(runtime, x, 0, block_rows + start, cache, keep=True)
                     if self.cache == "prefix":
                         cache.truncate(start)  # keep positions before the block
                     else:
@@ -156,7 +150,7 @@ class MaskedDiffusionDecoder:
                     with log.forward("step", span_end - start, total,
                                      self.scoring.logit_rows(span_end - start, self.block_len),
                                      kv_written=span_end - start):
-                        logits, rows = forward(x[:, start:span_end], start, block_rows, cache)
+                        logits, rows = forward(runtime, x[:, start:span_end], start, block_rows, cache)
                 x[:, start:end], committed = commit(x[:, start:end], logits, rows, mask_id, next(counts),
                                                     acceptance.threshold, self.scoring, noise)
                 log.committed(span, committed, self.scoring.softmax_rows(logits.shape[1], self.block_len),

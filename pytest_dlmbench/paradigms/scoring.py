@@ -25,6 +25,8 @@ from pytest_dlmbench.core import FIDELITY_NAMES
 if TYPE_CHECKING:
     import torch
 
+    from pytest_dlmbench.runtimes.base import KVCache, Runtime
+
 
 @dataclass(frozen=True)
 class Scoring:
@@ -47,13 +49,23 @@ class Scoring:
         """How many positions' logits a forward of `forwarded` positions computes, `scored` being needed."""
         return forwarded if self.all_logits else scored
 
-    def scoring_bytes(self, logits_bytes: int) -> int:
+    def forward(self, runtime: Runtime, ids: torch.Tensor, start: int, scored: torch.Tensor | int,
+                cache: KVCache | None = None, keep: bool = False, **kwargs: object,
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The runtime's forward of `ids` at `start`, computing logits where this fidelity does: the
+        logits, and the `scored` rows among them (indices, or k for the last k; None: the logits
+        are the scored rows, in order)."""
+        if self.all_logits:
+            return runtime.forward(ids, start, ids.shape[1], cache, keep, **kwargs), scored
+        return runtime.forward(ids, start, scored, cache, keep, **kwargs), None
+
+    def scoring_bytes(self) -> int | None:
         """Memory per (softmax row, vocab entry) beyond the logits while scoring: the published
         float64 path holds a float64 copy and its softmax, and its Gumbel noise five float64
-        buffers at once; float32 scoring a copy and its softmax; the logits' dtype, the softmax."""
+        buffers at once; float32 scoring a copy and its softmax; None: a softmax in the logits' dtype."""
         if self.softmax_dtype == "float64":
             return 40 if self.temperature else 16
-        return 8 if self.softmax_dtype == "float32" else logits_bytes
+        return 8 if self.softmax_dtype == "float32" else None
 
 
     def softmax_rows(self, computed: int, scored: int) -> int:
@@ -62,7 +74,7 @@ class Scoring:
     def traffic_bytes(self, logits_bytes: int) -> int:
         """Bytes scoring moves per softmax row and vocab entry: the logits read, and each scoring
         buffer written once and read once."""
-        return logits_bytes + 2 * self.scoring_bytes(logits_bytes)
+        return logits_bytes + 2 * (self.scoring_bytes() or logits_bytes)
 
 
 def lean(temperature: float = 0.0) -> Scoring:
