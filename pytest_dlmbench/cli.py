@@ -19,7 +19,15 @@ from pytest_dlmbench.gate import (
     recommended_threshold,
     verdict_table,
 )
-from pytest_dlmbench.store import FAILED_KEY, RunFileError, atomic_write_text, load_run, machine_mismatch, merge_runs
+from pytest_dlmbench.store import (
+    FAILED_KEY,
+    RunFileError,
+    atomic_write_text,
+    load_run,
+    machine_mismatch,
+    merge_runs,
+    missing_shards,
+)
 
 
 def _rule(text: str) -> GateRule:
@@ -98,6 +106,8 @@ def _merge(args: argparse.Namespace) -> int:
         raise RunFileError(f"{args.out}: cannot be written ({error.strerror or error})") from None
     for line in replaced:
         print(f"replaced {line}")
+    for shard in missing_shards((merged["machine_info"]["dlmbench"].get("shard") or "").split(",")):
+        print(f"note: no file holds shard {shard} (--dlm-shard); the merged run lacks its points", file=sys.stderr)
     print(f"{args.out}: {len(merged['benchmarks'])} finished and {len(merged[FAILED_KEY])} failed points "
           f"from {len(args.runs)} files")
     return 0

@@ -143,6 +143,8 @@ class PointMetrics:
     tpf_dispersion: float | None = None  # simulated acceptance: variance / mean of the commits beyond the first
     row_tokens_per_forward: float | None = None  # mean over rows of gen_len / the forwards that row committed in
     point_wall_s: float | None = None  # the point's whole time: start-up, capture, warm-up and rounds
+    gpu_index: int | None = None  # the CUDA device the point ran on, as the session (not its worker) numbers them
+    worker: str | None = None  # the pytest-xdist worker that ran it (None: one process)
     predicted_peak_bytes: int | None = None  # the analytic memory model (memory_model.py)
     measured_to_predicted: float | None = None  # peak_mem_allocated_bytes / predicted_peak_bytes
     prompt_source: str = "synthetic"
@@ -237,6 +239,15 @@ class PointMetrics:
         roofline, extra = info.pop("roofline"), info.pop("extra")
         return {key: list(value) if isinstance(value, tuple) else value for key, value in info.items()} | roofline | extra
 
+    @classmethod
+    def from_extra_info(cls, info: dict[str, Any], roofline_keys: tuple[str, ...]) -> PointMetrics:
+        """The record `to_extra_info` saved (e.g. sent by a worker process); keys that are neither
+        fields nor `roofline_keys` go back to `extra`."""
+        names = {f.name for f in dataclasses.fields(cls)} - {"roofline", "extra"}
+        return cls(**{key: _tuples(value) for key, value in info.items() if key in names},
+                   roofline={key: info[key] for key in roofline_keys if key in info},
+                   extra={key: value for key, value in info.items() if key not in names and key not in roofline_keys})
+
 
 def device_state_fields(memory: MemoryReport) -> dict[str, Any]:
     """The flat extra_info keys of the NVML device state at the start and end of a tracked run."""
@@ -288,6 +299,10 @@ class Settings:
     journal: str | None = None
     allow_mismatch: bool = False
     seed: int = 0
+    devices: tuple[int, ...] | str | None = None  # --dlm-devices: "all" or CUDA indices, one pytest-xdist worker each
+    shard: tuple[int, int] | None = None  # --dlm-shard=I/N: (I, N), this run's slice of the selection
+    gpu_index: int | None = None  # where this process runs: the CUDA device as the session numbers it
+    worker: str | None = None  # the pytest-xdist worker this process is (None: one process)
 
     def to_json(self) -> str:
         """Every field, for a probe process (`from_json` rebuilds the same Settings)."""
@@ -327,7 +342,10 @@ class Settings:
                 raise ValueError(f"--dlm-device={device}: only {torch.cuda.device_count()} CUDA device(s) visible")
         dtype = self.dtype if self.dtype != "auto" else ("bf16" if device.startswith("cuda") else "fp32")
         grid = self.grid if self.grid != "auto" else ("standard" if device.startswith("cuda") else "smoke")
-        return dataclasses.replace(self, device=device, dtype=dtype, grid=grid)
+        gpu_index = self.gpu_index
+        if gpu_index is None and device.startswith("cuda"):
+            gpu_index = int(device.partition(":")[2] or torch.cuda.current_device())
+        return dataclasses.replace(self, device=device, dtype=dtype, grid=grid, gpu_index=gpu_index)
 
     @property
     def torch_device(self) -> torch.device:

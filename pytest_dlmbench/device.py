@@ -64,6 +64,13 @@ def limit_memory(device: torch.device, gib: float | None) -> None:
     torch.cuda.set_per_process_memory_fraction(min(1.0, gib * 2**30 / total_memory_bytes(device)), index)
 
 
+def visible_gpus() -> int:
+    """How many CUDA devices this process sees (0 without CUDA)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def rss_bytes() -> int:
     """The process's resident set size: CPU runs' memory reading."""
     with open("/proc/self/statm") as statm:

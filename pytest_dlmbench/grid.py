@@ -91,8 +91,31 @@ class SelectionError(ValueError):
     """The options select no runnable point."""
 
 
+def deal(points: list[BenchPoint], hands: int) -> list[int]:
+    """The hand (0 .. hands-1) each of `points` goes to, dealt round-robin in order, the runtimes of
+    one point together (their token agreement is computed where both run)."""
+    unit = {key: number for number, key in enumerate(dict.fromkeys(point.runtime_key for point in points))}
+    return [unit[point.runtime_key] % hands for point in points]
+
+
+def _shard(points: list[BenchPoint], shard: tuple[int, int] | None) -> list[BenchPoint]:
+    """This run's slice (--dlm-shard=I/N): the same for every run of the same selection."""
+    if shard is None:
+        return points
+    index, count = shard
+    mine = [point for point, hand in zip(points, deal(points, count)) if hand == index - 1]
+    if not mine:
+        raise SelectionError(f"--dlm-shard={index}/{count} selects no point: the selection has {len(points)} "
+                             f"point(s) to deal {count} ways")
+    return mine
+
+
 def points_for(settings: Settings) -> list[BenchPoint]:
-    """The resolved settings' points, each checked by its paradigm before anything runs."""
+    """The resolved settings' points (this shard's), each checked by its paradigm before anything runs."""
+    return _shard(_checked_points(settings), settings.shard)
+
+
+def _checked_points(settings: Settings) -> list[BenchPoint]:
     from pytest_dlmbench.paradigms import DecodeError, make_paradigm
 
     grid = GRIDS[settings.grid]
@@ -122,5 +145,5 @@ def boundary_points_for(settings: Settings) -> list[BenchPoint]:
     """One batch-free point (batch_size 1) per paradigm, model, strategy, prompt and generation
     length of the selection; generation lengths default to the grid's batch-sweep length."""
     gen_lens = settings.gen_lens or (GRIDS[settings.grid].batch_gen_len,)
-    selection = points_for(dataclasses.replace(settings, gen_lens=gen_lens, batch_sizes=None))
-    return list(dict.fromkeys(dataclasses.replace(point, batch_size=1) for point in selection))
+    selection = _checked_points(dataclasses.replace(settings, gen_lens=gen_lens, batch_sizes=None))
+    return _shard(list(dict.fromkeys(dataclasses.replace(point, batch_size=1) for point in selection)), settings.shard)

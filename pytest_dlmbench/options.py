@@ -121,6 +121,23 @@ def _checkpoint(text: str) -> tuple[str, str]:
     return name, path
 
 
+def _devices(text: str) -> tuple[int, ...] | str:
+    if text.strip() == "all":
+        return "all"
+    parts = [part.strip() for part in text.split(",")]
+    if not all(part.isdigit() for part in parts):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device list; allowed: all, or CUDA indices such as 0,1,3 "
+                                         "(an index listed twice runs two workers on that GPU)")
+    return tuple(int(part) for part in parts)
+
+
+def _shard(text: str) -> tuple[int, int]:
+    index, _, count = text.partition("/")
+    if not (index.strip().isdigit() and count.strip().isdigit() and 1 <= int(index) <= int(count)):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a shard; allowed: I/N with 1 <= I <= N, e.g. 2/4")
+    return int(index), int(count)
+
+
 def _choice(allowed: tuple[str, ...], kind: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         if text not in allowed:
@@ -239,6 +256,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("--dlm-allow-mismatch", "allow_mismatch", "Gate against a baseline from a different GPU or software "
            "versions. Default: refuse.", default=False, action="store_true"),
     Option("--dlm-seed", "seed", "Seed for random weights and prompts. Default: 0.", _non_negative_int, 0),
+    Option("--dlm-devices", "devices", "With pytest-xdist (-n N): the GPUs the workers own, one worker each: all, or "
+           "CUDA indices such as 0,1,3; an index listed twice runs two workers on that GPU (the saved run records "
+           "which worker ran each point on which GPU). -n auto starts one worker per listed GPU. Default: one "
+           "process; workers on CUDA need this option.", _devices),
+    Option("--dlm-shard", "shard", "Run slice I of N of the selection (1 <= I <= N; each shard has whole points, "
+           "every runtime of a point in the same one), e.g. one per CI job; `dlmbench merge` joins the N saved "
+           "files. Default: the whole selection.", _shard, metavar="I/N"),
     Option("--dlm-journal", "journal", "Append each point to PATH (a new file, one JSON line per point) as soon as "
            "it ends, so a killed run keeps what it measured; `dlmbench merge PATH --out RUN.json` makes it a run "
            "file. Default: off.", metavar="PATH"),

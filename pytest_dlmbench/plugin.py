@@ -17,6 +17,7 @@ import pytest
 from pytest_dlmbench.core import BenchPoint, PointMetrics, Settings
 from pytest_dlmbench.grid import SelectionError, boundary_points_for, points_for
 from pytest_dlmbench.options import add_options, settings_from_config
+from pytest_dlmbench.workers import is_controller, is_worker, timed_in_worker
 
 if TYPE_CHECKING:
     from pytest_dlmbench.boundary import BoundaryRunner
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from pytest_dlmbench.runner import PointRunner
     from pytest_dlmbench.store import SavedRun
     from pytest_dlmbench.timing import RegionTimer
+    from pytest_dlmbench.workers import Controller, Received
 
 SETTINGS = pytest.StashKey[Settings]()
 RESOLVED = pytest.StashKey[Settings]()
@@ -39,6 +41,8 @@ JOURNAL = pytest.StashKey["Journal"]()
 VERDICTS = pytest.StashKey[list["Verdict"]]()
 GATE_ROUNDS = pytest.StashKey[dict[str, int]]()  # test id -> timed rounds the gate needs
 BASELINE_SHAPES = pytest.StashKey[set]()  # shape keys whose baseline strategy the session runs
+ALL_TIMED = pytest.StashKey[bool]()  # every test that uses pytest-benchmark is a point this plugin times
+CONTROLLER = pytest.StashKey["Controller"]()  # under pytest-xdist, in the controller: GPUs and received points
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -46,35 +50,128 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    settings = config.stash[SETTINGS] = settings_from_config(config)
+    settings = settings_from_config(config)
+    if is_worker(config):
+        from pytest_dlmbench.workers import worker_settings
+
+        settings = worker_settings(config, settings)
+    config.stash[SETTINGS] = settings
+    if settings.devices is not None:  # pytest-benchmark < 5.2 warns here that it times nothing: untrue of points
+        _silence_xdist_warning()
     if settings.warmup == 0:
         config.issue_config_time_warning(UserWarning(
             "--dlm-warmup=0: each point's timed rounds include its first generation at its shapes, and with it "
             "one-time costs (e.g. cuDNN attention plans built per new sequence length: autoregressive decoding "
             "read about 3x slower on an H100). Fine for smoke checks; use warm-up >= 1 for results and gating."),
             stacklevel=2)
-    _refuse_parallel_workers(config)
     config.stash[RESULTS] = {}
     config.stash[BASELINES] = {}
-    if settings.journal is not None:
+    if is_controller(config):
+        controller = config.stash[CONTROLLER] = _controller(config, settings)
+        config.pluginmanager.register(controller, "dlmbench-controller")
+    elif settings.devices is not None and not is_worker(config):
+        from pytest_dlmbench.workers import devices_text
+
+        raise pytest.UsageError(f"--dlm-devices={devices_text(settings.devices)}: needs pytest-xdist workers (-n N); "
+                                "one process picks its GPU with --dlm-device=cuda:N")
+    if settings.journal is not None and not is_worker(config):
         config.stash[JOURNAL] = _open_journal(config, settings.journal)
     from pytest_dlmbench.store import install_exclusive_save
 
     install_exclusive_save()
 
 
-def _refuse_parallel_workers(config: pytest.Config) -> None:
-    """pytest-benchmark times nothing under pytest-xdist, so a gate, a journal or a boundary search
-    there would judge or keep no points while the run passes: refuse them before anything runs."""
-    if config.getoption("dist", "no") == "no" or hasattr(config, "workerinput"):
+@pytest.hookimpl(tryfirst=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """pytest-benchmark warns as a worker ends that it timed nothing; untrue where every benchmark
+    was a point (timed here), so that warning is silenced there."""
+    if is_worker(config) and config.stash.get(ALL_TIMED, False) and timed_in_worker(config):
+        _silence_xdist_warning()
+
+
+def _silence_xdist_warning() -> None:
+    import warnings
+
+    warnings.filterwarnings("ignore", "Benchmarks are automatically disabled because xdist")
+
+
+def _controller(config: pytest.Config, settings: Settings) -> Controller:
+    """The controller of a pytest-xdist session, with --dlm-devices' GPUs to hand out."""
+    from pytest_dlmbench.workers import Controller, GpuSlots, devices_text
+
+    keep = functools.partial(_keep_received, config)
+    if settings.devices is None:
+        return Controller(settings, None, keep)
+    if settings.device != "auto":
+        raise pytest.UsageError(f"--dlm-device={settings.device} with --dlm-devices={devices_text(settings.devices)}: "
+                                "give one; each worker's device is its GPU from --dlm-devices")
+    return Controller(settings, GpuSlots(_gpu_slots(config, settings.devices)), keep)
+
+
+def _gpu_slots(config: pytest.Config, devices: tuple[int, ...] | str) -> tuple[int, ...]:
+    from pytest_dlmbench.device import visible_gpus
+    from pytest_dlmbench.workers import gpu_slots
+
+    workers = config.getoption("numprocesses", None)
+    try:
+        return gpu_slots(devices, visible_gpus(), workers if isinstance(workers, int) else None)
+    except ValueError as error:
+        raise pytest.UsageError(str(error)) from None
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """`-n auto` with --dlm-devices: one worker per listed GPU."""
+    devices = config.getoption("dlm_devices", None)
+    return None if devices is None else len(_gpu_slots(config, devices))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """With --dlm-devices and xdist's default distribution (load): benchmark points grouped by model."""
+    if config.stash[SETTINGS].devices is None or config.getoption("dist") != "load":
+        return None
+    from pytest_dlmbench.boundary import boundary_id
+    from pytest_dlmbench.scheduling import ModelScheduling
+
+    settings = resolved_settings(config)
+    try:
+        points = {point.id: point for point in points_for(settings)}
+        if settings.boundary:
+            points |= {boundary_id(point): point for point in boundary_points_for(settings)}
+    except SelectionError:
+        points = {}  # the workers' collection reports it
+    return ModelScheduling(config, log, points)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """In a worker: the point on its setup report, its record and saved entry on its call report."""
+    outcome = yield
+    if not is_worker(item.config):
         return
-    settings = config.stash[SETTINGS]
-    asked = [name for name, on in (("--dlm-gate", bool(settings.gate)), ("--dlm-journal", settings.journal is not None),
-                                   ("--dlm-boundary", settings.boundary)) if on]
-    if asked:
-        raise pytest.UsageError(
-            f"{', '.join(asked)} with pytest-xdist (-n/--dist={config.getoption('dist')}): pytest-benchmark times "
-            "nothing in parallel workers, so no point would be measured; run the benchmarks without -n")
+    import dataclasses
+
+    from pytest_dlmbench.workers import POINT_ATTR, RESULT_ATTR, as_sent
+
+    report = outcome.get_result()
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    point = params.get("dlm_point") or params.get("dlm_boundary_point")
+    metrics = item.config.stash[RESULTS].get(item.nodeid)
+    if call.when == "setup" and point is not None:
+        setattr(report, POINT_ATTR, dataclasses.asdict(point))
+    elif call.when == "call" and metrics is not None:
+        saved = _saved_entry(item.nodeid, metrics, getattr(item, "funcargs", {}).get("benchmark"))
+        setattr(report, RESULT_ATTR, as_sent({"record": metrics.to_extra_info(), "saved": saved}))
+
+
+def _keep_received(config: pytest.Config, received: Received) -> None:
+    """In the controller: a worker's point, kept as if this process had run it."""
+    from pytest_dlmbench.workers import record_of
+
+    config.stash[RESULTS][received.test_id] = record_of(received)
+    if JOURNAL in config.stash and received.saved is not None:
+        config.stash[JOURNAL].append(*received.saved)
 
 
 def _open_journal(config: pytest.Config, path: str) -> Journal:
@@ -125,7 +222,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     except RunFileError as error:
         raise pytest.UsageError(f"gate baseline: {error}") from None
     differences = machine_mismatch(baseline.machine, machine_info(resolved_settings(config)))
-    if differences and not settings.allow_mismatch:
+    if differences and not settings.allow_mismatch and not is_worker(config):  # a worker sees its GPU only
         raise pytest.UsageError(
             f"gate baseline {baseline.path} comes from a different machine or software: "
             + "; ".join(differences) + " (--dlm-allow-mismatch compares anyway)"
@@ -160,9 +257,12 @@ def pytest_sessionfinish(session: pytest.Session) -> Iterator[None]:
     """Runs before pytest-benchmark saves (its own hook wrapper saves on entry)."""
     config = session.config
     benchmarks = getattr(config, "_benchmarksession", None)
+    if benchmarks is not None and CONTROLLER in config.stash:
+        benchmarks.benchmarks.extend(config.stash[CONTROLLER].benchmarks)
     if benchmarks is not None and not benchmarks.benchmarks and config.stash.get(RESULTS, None):
         benchmarks.benchmarks = _UnfinishedPointsOnly()
-    _gate(session)
+    if not is_worker(config):
+        _gate(session)
     if JOURNAL in config.stash:
         config.stash[JOURNAL].close()
     yield
@@ -185,10 +285,14 @@ def _gate(session: pytest.Session) -> None:
 def resolved_settings(config: pytest.Config) -> Settings:
     """The settings with this machine's device, dtype and grid (resolved once)."""
     if RESOLVED not in config.stash:
+        from pytest_dlmbench.workers import refuse_shared_gpu
+
         try:
-            config.stash[RESOLVED] = config.stash[SETTINGS].resolved()
+            resolved = config.stash[SETTINGS].resolved()
         except ValueError as error:
             raise pytest.UsageError(str(error)) from None
+        refuse_shared_gpu(config, resolved)
+        config.stash[RESOLVED] = resolved
     return config.stash[RESOLVED]
 
 
@@ -221,6 +325,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     points = [item.callspec.params["dlm_point"] for item in items
               if "dlm_point" in getattr(getattr(item, "callspec", None), "params", {})]
     config.stash[BASELINE_SHAPES] = {point.shape_key for point in points if point.strategy == "baseline"}
+    config.stash[ALL_TIMED] = all("dlm_bench" in item.fixturenames for item in items
+                                  if "benchmark" in getattr(item, "fixturenames", ()))
     if GATE_BASELINE in config.stash:
         config.stash[GATE_ROUNDS] = _gate_rounds(config, items)
 
@@ -286,6 +392,7 @@ def dlm_peaks(dlm_settings: Settings) -> Peaks | None:
 def cuda_timer(dlm_settings: Settings) -> RegionTimer:
     """Times regions on the benchmark device: ``with cuda_timer.region("x"): ...``; ``cuda_timer.read()``."""
     from pytest_dlmbench.timing import RegionTimer
+    from pytest_dlmbench.workers import Controller, Received
 
     return RegionTimer(dlm_settings.torch_device)
 
@@ -306,6 +413,9 @@ def dlm_bench(
     """Runs one point: ``dlm_bench(dlm_point)`` or ``dlm_bench(point, generate=fn, vocab_size=n)``."""
     from pytest_dlmbench.runner import PointRunner
 
+    if timed_in_worker(pytestconfig):
+        benchmark.disabled = False  # pytest-benchmark's own switch-off under xdist; this worker saves nothing
+
     def record(metrics: PointMetrics) -> None:
         pytestconfig.stash[RESULTS][request.node.nodeid] = metrics
 
@@ -318,18 +428,22 @@ def dlm_bench(
                       pytestconfig.stash.get(GATE_ROUNDS, {}).get(request.node.nodeid, 0),
                       lambda point: point.shape_key in baseline_shapes, skip_out_of_memory)
     metrics = pytestconfig.stash[RESULTS].get(request.node.nodeid)
-    if JOURNAL in pytestconfig.stash and metrics is not None:  # the point as the saved file will hold it
-        _journal_point(pytestconfig.stash[JOURNAL], request.node.nodeid, metrics, benchmark)
+    saved = None if metrics is None else _saved_entry(request.node.nodeid, metrics, benchmark)
+    if JOURNAL in pytestconfig.stash and saved is not None:
+        pytestconfig.stash[JOURNAL].append(*saved)
 
 
-def _journal_point(journal: Journal, test_id: str, metrics: PointMetrics, benchmark: Any) -> None:
-    from pytest_dlmbench.store import FAILED_KEY
+def _saved_entry(test_id: str, metrics: PointMetrics, benchmark: Any) -> tuple[str, dict[str, Any]] | None:
+    """The point as the saved file holds it: (list key, entry); None for a finished point that
+    pytest-benchmark does not save (its benchmark failed)."""
+    from pytest_dlmbench.store import FAILED_KEY, failed_entry
 
     stats = getattr(benchmark, "stats", None)
     if metrics.status == "ok" and stats is not None and not getattr(stats, "has_error", False):
-        journal.append("benchmarks", stats.as_dict(include_data=True))
-    elif metrics.status != "ok":
-        journal.append(FAILED_KEY, failed_entry(test_id, metrics))
+        return "benchmarks", stats.as_dict(include_data=True)
+    if metrics.status != "ok":
+        return FAILED_KEY, failed_entry(test_id, metrics.to_extra_info())
+    return None
 
 
 @pytest.fixture
@@ -343,21 +457,18 @@ def dlm_boundary(dlm_settings: Settings, dlm_model: ModelCache, dlm_bench: Point
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict[str, Any]) -> None:
     from pytest_dlmbench.machine import machine_info as dlmbench_machine_info
 
-    machine_info["dlmbench"] = dlmbench_machine_info(resolved_settings(config))
+    controller = config.stash.get(CONTROLLER, None)
+    machine_info["dlmbench"] = dlmbench_machine_info(resolved_settings(config),
+                                                     None if controller is None else controller.placement())
 
 
 def pytest_benchmark_update_json(config: pytest.Config, output_json: dict[str, Any]) -> None:
     """Stamp the schema, and save the points pytest-benchmark drops because they did not finish."""
-    from pytest_dlmbench.store import FAILED_KEY, SCHEMA_KEY, SCHEMA_VERSION
+    from pytest_dlmbench.store import FAILED_KEY, SCHEMA_KEY, SCHEMA_VERSION, failed_entry
 
     output_json[SCHEMA_KEY] = SCHEMA_VERSION
-    output_json[FAILED_KEY] = [failed_entry(test_id, metrics)
+    output_json[FAILED_KEY] = [failed_entry(test_id, metrics.to_extra_info())
                                for test_id, metrics in config.stash.get(RESULTS, {}).items() if metrics.status != "ok"]
-
-
-def failed_entry(test_id: str, metrics: PointMetrics) -> dict[str, Any]:
-    """A point that did not finish, as saved under `dlmbench_failed`."""
-    return {"fullname": test_id, "name": test_id.rpartition("::")[2], "extra_info": metrics.to_extra_info()}
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:

@@ -172,7 +172,8 @@ class PointRunner:
         settings = self.settings
         device = settings.torch_device
         labels = {"dtype": settings.dtype, "device": settings.device, "runtime": point.runtime,
-                  "fidelity": point.fidelity, "temperature": settings.decode.temperature}
+                  "fidelity": point.fidelity, "temperature": settings.decode.temperature,
+                  "gpu_index": settings.gpu_index, "worker": settings.worker}
         if generate is not None:
             if vocab_size is None:
                 raise ValueError("dlm_bench(point, generate=fn) also needs vocab_size= for the prompt ids")

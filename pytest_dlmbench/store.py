@@ -69,6 +69,11 @@ def read_run_document(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def failed_entry(test_id: str, extra_info: dict[str, Any]) -> dict[str, Any]:
+    """A point that did not finish, as saved under `dlmbench_failed`."""
+    return {"fullname": test_id, "name": test_id.rpartition("::")[2], "extra_info": extra_info}
+
+
 def load_run(path: str | Path) -> SavedRun:
     """A saved run's machine and its points (finished and failed), keyed by test id."""
     data = read_run_document(path)
@@ -99,7 +104,18 @@ def merge_runs(paths: list[str], replace: bool = False, allow_mismatch: bool = F
     merged = {key: value for key, value in first.items() if key not in ("benchmarks", FAILED_KEY)}
     for key in ("benchmarks", FAILED_KEY):
         merged[key] = [entry for kind, _, entry in entries.values() if kind == key]
+    shards = [data["machine_info"]["dlmbench"].get("shard") for _, data in documents]
+    if any(shards):  # the merged run is the whole selection only when no shard is missing
+        merged["machine_info"] = first["machine_info"] | {"dlmbench": first["machine_info"]["dlmbench"] | {
+            "shard": ",".join(sorted(set(filter(None, shards)))) if missing_shards(shards) else None}}
     return merged, replaced
+
+
+def missing_shards(shards: list[str | None]) -> list[str]:
+    """The slices I/N (--dlm-shard) of a sharded selection that none of `shards` is."""
+    counts = {shard.partition("/")[2] for shard in shards if shard}
+    return sorted(f"{index}/{count}" for count in counts for index in range(1, int(count) + 1)
+                  if f"{index}/{count}" not in shards)
 
 
 def machine_mismatch(baseline: dict[str, Any], current: dict[str, Any]) -> list[str]:

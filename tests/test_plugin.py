@@ -167,22 +167,6 @@ def test_cuda_device_without_cuda_is_a_usage_error(pytester):
     assert "--dlm-device=cuda: CUDA is not available" in result.stderr.str()
 
 
-@pytest.mark.parametrize("options", [["--dlm-journal=points.jsonl"], ["--dlm-boundary"],
-                                     ["--dlm-gate=tokens_per_s:10%", "--dlm-baseline=base.json"]])
-def test_options_that_need_timed_points_are_refused_under_xdist(pytester, options):
-    pytester.makepyfile(test_grid=GRID_TEST)
-    result = pytester.runpytest("-n", "2", *options, *SMALL)
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    name = options[0].split("=")[0]
-    assert f"{name} with pytest-xdist (-n/--dist=load): pytest-benchmark times nothing" in result.stderr.str()
-    assert not (pytester.path / "points.jsonl").exists()
-
-
-def test_xdist_alone_still_runs_the_points_as_plain_tests(pytester):
-    pytester.makepyfile(test_grid=GRID_TEST)
-    assert pytester.runpytest("-n", "2", *SMALL).ret == 0
-
-
 def test_models_option_runs_those_models_with_their_own_paradigm(pytester):
     data = run_json(pytester, *SMALL, "--dlm-models=tiny-block", "--dlm-rounds=1")
     assert [b["extra_info"]["paradigm"] for b in data["benchmarks"]] == ["block"]

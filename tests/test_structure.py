@@ -31,7 +31,7 @@ LAYERS = (
     {"paradigms.ar", "paradigms.block", "paradigms.dlm"},
     {"paradigms", "roofline"},
     {"grid", "runner", "probe"},
-    {"options", "boundary"},
+    {"options", "boundary", "workers", "scheduling"},
     {"plugin", "cli"},
 )
 
@@ -67,7 +67,7 @@ def test_imports_only_point_down_the_layers():
 
 
 def test_the_options_table_fills_every_settings_field_and_probes_get_them_all():
-    fields = {field.name for field in dataclasses.fields(Settings)} - {"decode"}
+    fields = {field.name for field in dataclasses.fields(Settings)} - {"decode", "gpu_index", "worker"}  # per process
     decode_fields = {f"decode.{field.name}" for field in dataclasses.fields(DecodeOptions)} - {
         "decode.tpf", "decode.refresh_every_step", "decode.seed", "decode.replay"}  # set per point, and by tests
     assert {option.field for option in OPTIONS} == fields | decode_fields
@@ -75,7 +75,8 @@ def test_the_options_table_fills_every_settings_field_and_probes_get_them_all():
     changed = {field.name: value for field, value in zip(dataclasses.fields(Settings), (
         "paper", ("dlm",), ("llada-8b",), (40,), (256,), (4, 16), 7, 9, 2, 12.5, "fp16", "cuda:1",
         (("llada-8b", "/ckpt"),), "gsm8k", "/data", DecodeOptions(16, 64, 0.8, 2.5, 4, True, 3.0, 0.7, 5, (((1,),),)),
-        ("parallel",), ("eager",), ("lean",), "trace.json", 2.0, True, 64, "on", 24.0, 500.0, 2000.0, True, ("tokens_per_s:5%",), "base.json", "j.jsonl", True, 3),
+        ("parallel",), ("eager",), ("lean",), "trace.json", 2.0, True, 64, "on", 24.0, 500.0, 2000.0, True, ("tokens_per_s:5%",), "base.json", "j.jsonl", True, 3, (0, 0, 1), (2, 4), 1,
+        "gw1"),
         strict=True)}
     settings = Settings(**changed)
     assert all(getattr(settings, name) != getattr(Settings(), name) for name in changed)  # every field differs
