@@ -71,6 +71,15 @@ def visible_gpus() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+def share_cpu(device: torch.device, processes: int) -> None:
+    """Off CUDA, give this process its share of the CPU's cores when `processes` (pytest-xdist
+    workers) run at once: oversubscribed torch threads spin and slow every point many times over."""
+    if processes > 1 and not is_cuda(device):
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // processes))
+
+
 def rss_bytes() -> int:
     """The process's resident set size: CPU runs' memory reading."""
     with open("/proc/self/statm") as statm:

@@ -17,7 +17,7 @@ import pytest
 from pytest_dlmbench.core import BenchPoint, PointMetrics, Settings
 from pytest_dlmbench.grid import SelectionError, boundary_points_for, points_for
 from pytest_dlmbench.options import add_options, settings_from_config
-from pytest_dlmbench.workers import is_controller, is_worker, timed_in_worker
+from pytest_dlmbench.workers import is_controller, is_worker, timed_in_worker, worker_count
 
 if TYPE_CHECKING:
     from pytest_dlmbench.boundary import BoundaryRunner
@@ -369,12 +369,13 @@ def dlm_settings(pytestconfig: pytest.Config) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def dlm_model(dlm_settings: Settings) -> Iterator[ModelCache]:
+def dlm_model(dlm_settings: Settings, pytestconfig: pytest.Config) -> Iterator[ModelCache]:
     """Session-wide model cache: ``dlm_model.get(name)``; one model in memory at a time."""
-    from pytest_dlmbench.device import limit_memory
+    from pytest_dlmbench.device import limit_memory, share_cpu
     from pytest_dlmbench.loader import ModelCache
 
     limit_memory(dlm_settings.torch_device, dlm_settings.memory_limit_gib)
+    share_cpu(dlm_settings.torch_device, worker_count(pytestconfig))
     cache = ModelCache(dlm_settings)
     yield cache
     cache.release()

@@ -43,6 +43,11 @@ def is_controller(config: pytest.Config) -> bool:
     return not is_worker(config) and config.getoption("dist", "no") != "no"
 
 
+def worker_count(config: pytest.Config) -> int:
+    """How many workers run points at once (1 in one process)."""
+    return int(config.workerinput["workercount"]) if is_worker(config) else 1
+
+
 def devices_text(devices: tuple[int, ...] | str) -> str:
     return devices if isinstance(devices, str) else ",".join(map(str, devices))
 
@@ -100,7 +105,7 @@ def worker_settings(config: pytest.Config, settings: Settings) -> Settings:
 
 def refuse_shared_gpu(config: pytest.Config, settings: Settings) -> None:
     """Workers without --dlm-devices would all run on the same GPU and time each other's work."""
-    workers = int(config.workerinput["workercount"]) if is_worker(config) else 1
+    workers = worker_count(config)
     if workers > 1 and settings.gpu_index is not None and config.workerinput.get(GPU_KEY) is None:
         raise pytest.UsageError(
             f"{workers} pytest-xdist workers would share {settings.device}: pass --dlm-devices=all (one GPU per "
@@ -141,6 +146,9 @@ class ReceivedBenchmark:
 
     def __bool__(self) -> bool:
         return True
+
+    def __getitem__(self, key: str) -> Any:  # a statistic, else a label (as --benchmark-compare-fail reads)
+        return self.entry["stats"][key] if key in self.entry["stats"] else self.entry[key]
 
     def as_dict(self, include_data: bool = True, flat: bool = False, stats: bool = True,
                 cprofile: Any = None) -> dict[str, Any]:

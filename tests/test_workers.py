@@ -86,6 +86,16 @@ def test_the_session_gate_judges_the_workers_points(pytester):
     assert result.stdout.str().count("ar-tiny-ar-p16-g32-b1") >= 2  # the summary table and the gate's
 
 
+def test_pytest_benchmarks_own_comparison_reads_the_workers_points(pytester):
+    pytester.makepyfile(test_grid=GRID_TEST)
+    args = (*SMALL, "--dlm-strategies=baseline", "--dlm-models=tiny-ar")
+    assert pytester.runpytest(*args, "--benchmark-save=base").ret == 0
+    result = pytester.runpytest(*args, "-n", "2", "--benchmark-compare=0001", "--benchmark-compare-fail=mean:10000%")
+    assert result.ret == 0, result.stdout.str() + result.stderr.str()
+    for source in ("0001_base", "NOW"):
+        result.stdout.fnmatch_lines([f"*test_generation?ar-tiny-ar-p16-g32-b1? ({source})*"])
+
+
 def test_a_worker_that_dies_loses_only_its_point_which_is_saved_as_an_error(pytester):
     pytester.makepyfile(test_grid=GRID_TEST)
     pytester.makeconftest(KILL_DLM_PARALLEL)
