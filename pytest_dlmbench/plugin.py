@@ -131,6 +131,11 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """With --dlm-devices and xdist's default distribution (load): benchmark points grouped by model."""
     if config.stash[SETTINGS].devices is None or config.getoption("dist") != "load":
         return None
+    return model_scheduler(config, log)
+
+
+def model_scheduler(config: pytest.Config, log: Any) -> Any:
+    """xdist scheduling of this session's points by model (scheduling.py)."""
     from pytest_dlmbench.boundary import boundary_id
     from pytest_dlmbench.scheduling import ModelScheduling
 
@@ -313,6 +318,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         try:
             points = select(resolved_settings(config))
         except (pytest.UsageError, SelectionError) as error:
+            if is_worker(config):  # xdist shows it as the module's collection error and stops the run
+                raise pytest.UsageError(str(error)) from None
             config.stash[SELECTION_ERROR] = str(error)  # raised as a usage error after collection
             points = []
         metafunc.parametrize(name, points, ids=[ids(point) for point in points])

@@ -111,6 +111,49 @@ def test_a_worker_that_dies_loses_only_its_point_which_is_saved_as_an_error(pyte
     assert all(entry["stats"]["rounds"] == 2 for entry in document["benchmarks"])
 
 
+KILL_FIRST_WORKER_BY_MODEL = """
+import os
+from pytest_dlmbench.plugin import model_scheduler
+from pytest_dlmbench.runner import PointRunner
+
+
+def pytest_xdist_make_scheduler(config, log):
+    return model_scheduler(config, log)  # what --dlm-devices selects on a GPU machine
+
+
+def pytest_configure(config):
+    if getattr(config, "workerinput", {}).get("workerid") != "gw0":
+        return  # only the first worker dies: its replacement must take up the rest
+    measure = PointRunner.measure
+
+    def dying_measure(self, plan, progress):
+        if plan.point.paradigm == "dlm" and plan.point.strategy == "parallel":
+            os.kill(os.getpid(), 9)
+        return measure(self, plan, progress)
+
+    PointRunner.measure = dying_measure
+"""
+
+
+def test_under_model_scheduling_a_dead_workers_replacement_runs_the_rest_but_not_its_point(pytester):
+    pytester.makepyfile(test_grid=GRID_TEST)
+    pytester.makeconftest(KILL_FIRST_WORKER_BY_MODEL)
+    document, result = saved(pytester, "run.json", STRATEGIES, "-n", "1", "--dlm-rounds=1")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    workers = {entry["name"]: entry["extra_info"]["worker"] for entry in document["benchmarks"]}
+    assert len(workers) == 4 and "gw1" in workers.values()
+    assert [(entry["name"], entry["extra_info"]["worker"]) for entry in document["dlmbench_failed"]] == [
+        ("test_generation[dlm-tiny-dlm-p16-g32-b1-parallel]", "gw0")]
+    assert result.stdout.str().count("crashed while running") == 1  # not run again, so not killed again
+
+
+def test_a_bad_selection_in_the_workers_is_a_clear_error(pytester):
+    pytester.makepyfile(test_grid=GRID_TEST)
+    result = pytester.runpytest(*SMALL, "-n", "2", "--dlm-prompt=17")
+    assert result.ret != 0 and "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+    assert "UsageError: the --dlm-* filters select no point of the smoke grid" in result.stdout.str()
+
+
 def test_shards_are_disjoint_cover_the_selection_and_merge_into_the_whole_run(pytester):
     pytester.makepyfile(test_grid=GRID_TEST)
     whole, _ = saved(pytester, "whole.json", "--dlm-strategies=baseline")
