@@ -99,13 +99,13 @@ def _controller(config: pytest.Config, settings: Settings) -> Controller:
     """The controller of a pytest-xdist session, with --dlm-devices' GPUs to hand out."""
     from pytest_dlmbench.workers import Controller, GpuSlots, devices_text
 
-    keep = functools.partial(_keep_received, config)
+    keep, resolved = functools.partial(_keep_received, config), functools.partial(resolved_settings, config)
     if settings.devices is None:
-        return Controller(settings, None, keep)
+        return Controller(resolved, None, keep)
     if settings.device != "auto":
         raise pytest.UsageError(f"--dlm-device={settings.device} with --dlm-devices={devices_text(settings.devices)}: "
                                 "give one; each worker's device is its GPU from --dlm-devices")
-    return Controller(settings, GpuSlots(_gpu_slots(config, settings.devices)), keep)
+    return Controller(resolved, GpuSlots(_gpu_slots(config, settings.devices)), keep)
 
 
 def _gpu_slots(config: pytest.Config, devices: tuple[int, ...] | str) -> tuple[int, ...]:
@@ -400,7 +400,6 @@ def dlm_peaks(dlm_settings: Settings) -> Peaks | None:
 def cuda_timer(dlm_settings: Settings) -> RegionTimer:
     """Times regions on the benchmark device: ``with cuda_timer.region("x"): ...``; ``cuda_timer.read()``."""
     from pytest_dlmbench.timing import RegionTimer
-    from pytest_dlmbench.workers import Controller, Received
 
     return RegionTimer(dlm_settings.torch_device)
 

@@ -163,8 +163,9 @@ class Controller:
     """The controller's side of a distributed session (a plugin of its own): GPUs for the workers,
     their points handed to `keep`, the pytest-benchmark entries kept for saving."""
 
-    def __init__(self, settings: Settings, slots: GpuSlots | None, keep: Callable[[Received], None]) -> None:
-        self.settings = settings
+    def __init__(self, settings: Callable[[], Settings], slots: GpuSlots | None,
+                 keep: Callable[[Received], None]) -> None:
+        self.settings = settings  # the session's resolved settings, when first needed
         self.slots = slots
         self.keep = keep
         self.benchmarks: list[ReceivedBenchmark] = []
@@ -211,7 +212,7 @@ class Controller:
         from pytest_dlmbench.runner import failed_record
         from pytest_dlmbench.store import FAILED_KEY, failed_entry
 
-        settings = self.settings
+        settings = self.settings()
         point = BenchPoint(**self.started.pop(report.nodeid))
         worker = getattr(getattr(getattr(report, "node", None), "gateway", None), "id", None)
         gpu = self.slots.placement.get(worker) if self.slots is not None and worker else None

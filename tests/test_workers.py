@@ -108,6 +108,7 @@ def test_a_worker_that_dies_loses_only_its_point_which_is_saved_as_an_error(pyte
     info = points[dead]["extra_info"]
     assert info["status"] == "error" and "crashed while running" in info["message"]
     assert info["paradigm"] == "dlm" and info["strategy"] == "parallel" and info["worker"] in ("gw0", "gw1")
+    assert (info["dtype"], info["device"]) == ("fp32", "cpu")  # the session's resolved settings
     assert all(entry["stats"]["rounds"] == 2 for entry in document["benchmarks"])
 
 
