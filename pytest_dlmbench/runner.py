@@ -171,9 +171,7 @@ class PointRunner:
              progress: Progress) -> PointPlan:
         settings = self.settings
         device = settings.torch_device
-        labels = {"dtype": settings.dtype, "device": settings.device, "runtime": point.runtime,
-                  "fidelity": point.fidelity, "temperature": settings.decode.temperature,
-                  "gpu_index": settings.gpu_index, "worker": settings.worker}
+        labels = point_labels(point, settings)
         if generate is not None:
             if vocab_size is None:
                 raise ValueError("dlm_bench(point, generate=fn) also needs vocab_size= for the prompt ids")
@@ -329,6 +327,12 @@ class PointRunner:
         if self._gsm8k is None:
             self._gsm8k = load_gsm8k(settings.dataset)
         return gsm8k_prompts(loaded.tokenizer(), self._gsm8k, point.batch_size, point.prompt_len, settings.torch_device)
+
+
+def point_labels(point: BenchPoint, settings: Settings) -> dict[str, Any]:
+    """The record's labels that the point and the session give, whatever ran it."""
+    return {"dtype": settings.dtype, "device": settings.device, "runtime": point.runtime, "fidelity": point.fidelity,
+            "temperature": settings.decode.temperature, "gpu_index": settings.gpu_index, "worker": settings.worker}
 
 
 def failed_record(point: BenchPoint, describe: dict[str, Any], status: str, message: str, memory: MemoryReport,

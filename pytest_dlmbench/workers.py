@@ -209,7 +209,7 @@ class Controller:
 
     def _crashed(self, report: pytest.TestReport) -> Received:
         from pytest_dlmbench.core import BenchPoint, MemoryReport
-        from pytest_dlmbench.runner import failed_record
+        from pytest_dlmbench.runner import failed_record, point_labels
         from pytest_dlmbench.store import FAILED_KEY, failed_entry
 
         settings = self.settings()
@@ -219,10 +219,9 @@ class Controller:
         reason = self.down.get(worker or "")
         message = " ".join(filter(None, (str(report.longrepr), gpu is not None and f"on GPU {gpu}",
                                          reason and f"({reason})")))
-        describe = {"weights": "checkpoint" if settings.checkpoint(point.model) else "random", "dtype": settings.dtype,
-                    "device": settings.device, "block_size": None, "steps": None, "runtime": point.runtime,
-                    "fidelity": point.fidelity, "temperature": settings.decode.temperature, "worker": worker,
-                    "gpu_index": gpu}
+        describe = point_labels(point, settings) | {
+            "weights": "checkpoint" if settings.checkpoint(point.model) else "random", "block_size": None,
+            "steps": None, "worker": worker, "gpu_index": gpu}
         record = failed_record(point, describe, "error", message, MemoryReport()).to_extra_info()
         return Received(report.nodeid, record, (FAILED_KEY, failed_entry(report.nodeid, record)))
 

@@ -4,6 +4,7 @@ worker's point saved as an error, shards that split the grid."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -84,6 +85,19 @@ def test_the_session_gate_judges_the_workers_points(pytester):
     assert result.ret == 0, result.stdout.str()
     result.stdout.fnmatch_lines(["*dlmbench gate*", "0 regression(s) against base.json"])
     assert result.stdout.str().count("ar-tiny-ar-p16-g32-b1") >= 2  # the summary table and the gate's
+
+
+def test_the_default_gate_fails_a_2x_slower_run_of_workers(pytester, monkeypatch):
+    pytester.makepyfile(test_grid=GRID_TEST)
+    pytester.makeconftest((Path(__file__).parent / "slowdown_plugin.py").read_text())  # in every worker too
+    monkeypatch.setenv("DLMBENCH_FORWARD_FLOOR_MS", "5")  # both runs: this CPU's drift moves a small part
+    args = ("--dlm-paradigms=ar", "--dlm-prompt=16", "--dlm-gen=32", "-p", "no:cacheprovider", "-n", "2")  # default rounds, warm-up and gate
+    assert pytester.runpytest(*args, "--benchmark-json=base.json").ret == 0
+    monkeypatch.setenv("DLMBENCH_SLOWDOWN", "1.0")  # every forward takes twice as long
+    slow = pytester.runpytest(*args, "--dlm-baseline=base.json")
+    assert slow.ret == pytest.ExitCode.TESTS_FAILED, slow.stdout.str()
+    slow.stdout.fnmatch_lines(["*ar-tiny-ar-p16-g32-b1]*tokens_per_s*regression",
+                               "*ar-tiny-ar-p16-g32-b4]*tokens_per_s*regression", "2 regression(s) against base.json"])
 
 
 def test_pytest_benchmarks_own_comparison_reads_the_workers_points(pytester):

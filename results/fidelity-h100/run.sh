@@ -3,16 +3,9 @@
 #   OUT=folder results/fidelity-h100/run.sh boundary NAME [options]  # dlm OOM boundaries, p40 and p920, gen 256
 #   OUT=folder results/fidelity-h100/run.sh sweep NAME [options]     # parallel strategies at batch 1, 4, 16, 64
 # Each invocation's wall time is printed and kept in OUT/walltime.txt.
-set -u
-: "${OUT:?set OUT}"
-mkdir -p "$OUT"
+. "$(dirname "$0")/../lib.sh"
 run() {  # NAME TEST [options]
-  local name=$1 test=$2 start=$SECONDS
-  shift 2
-  python -m pytest "$test" -p no:cacheprovider -q -rs --benchmark-json="$OUT/$name.json" \
-    --dlm-journal="$OUT/$name.jsonl" "$@" >"$OUT/$name.log" 2>&1
-  local rc=$?
-  echo "$name rc=$rc $((SECONDS - start))s" | tee -a "$OUT/walltime.txt"
+  logged "$1" "$2" -rs "${@:3}"
 }
 case $1 in
   boundary)  # the largest batch whose probe fits; no full generation is timed (--dlm-max-time=1)

@@ -6,16 +6,11 @@
 #   OUT=folder results/graph-runtime/run.sh batch           # the batch sweep (4, 16) at gen 256, both runtimes
 # Each invocation's wall time is printed and kept in OUT/walltime.txt; each point saves point_wall_s
 # (start-up, captures, warm-up and rounds), so a runtime's share of a mixed invocation is their sum.
-set -u
-: "${OUT:?set OUT}"
-mkdir -p "$OUT"
-P=(python -m pytest benchmarks/test_generation.py -p no:cacheprovider -q --dlm-grid=standard)
-run() {  # NAME [options]
-  local name=$1 start=$SECONDS
+. "$(dirname "$0")/../lib.sh"
+run() {  # NAME [options]: the standard grid's generation points
+  local name=$1
   shift
-  "${P[@]}" --benchmark-json="$OUT/$name.json" --dlm-journal="$OUT/$name.jsonl" "$@" >"$OUT/$name.log" 2>&1
-  local rc=$?
-  echo "$name rc=$rc $((SECONDS - start))s" | tee -a "$OUT/walltime.txt"
+  logged "$name" benchmarks/test_generation.py --dlm-grid=standard "$@"
 }
 case $1 in
   aa)  # ar, dlm, block; p40, p920; g256; B 1 (all) and 16 (ar, block: dlm at batch 16 costs minutes a round)

@@ -6,16 +6,11 @@
 #   OUT=folder results/xdist-h100/run.sh refuse     # -n 2 on CUDA without --dlm-devices: a usage error
 #   OUT=folder results/xdist-h100/run.sh multi      # the standard grid, -n 2 --dlm-devices=all, then one process
 # Each invocation's wall time is kept in OUT/walltime.txt.
-set -u
-: "${OUT:?set OUT}"
-mkdir -p "$OUT"
-P=(python -m pytest benchmarks/test_generation.py -p no:cacheprovider -q --dlm-grid=standard)
-run() {  # NAME [options]
-  local name=$1 start=$SECONDS
+. "$(dirname "$0")/../lib.sh"
+run() {  # NAME [options]: the standard grid's generation points
+  local name=$1
   shift
-  "${P[@]}" --benchmark-json="$OUT/$name.json" --dlm-journal="$OUT/$name.jsonl" "$@" >"$OUT/$name.log" 2>&1
-  local rc=$?
-  echo "$name rc=$rc $((SECONDS - start))s" | tee -a "$OUT/walltime.txt"
+  logged "$name" benchmarks/test_generation.py --dlm-grid=standard "$@"
 }
 SUBSET=(--dlm-prompt=40 --dlm-gen=256 --dlm-batch=1,4 --dlm-rounds=3)
 case $1 in
