@@ -3,8 +3,8 @@
 The KV cache is allocated once at its final length, one slot per absolute position; a forward
 writes its keys into its positions' slots and attends to the slots [0, window). Positions,
 write slots, rows and masks are device tensors copied in before a replay, so one graph serves
-every call of its shape. Attention is this module's own SDPA call (registered with
-transformers' AttentionInterface): it passes no mask where the window is exact, so the fused
+every call of its shape. The decoder layers run as fused.py's steps (compiled on CUDA) around
+this module's own SDPA call: it passes no mask where the window is exact, so the fused
 flash/cuDNN kernels run, and folds grouped query heads into rows where a mask is needed, since
 SDPA's fused kernels take a mask only without `enable_gqa`. Decode steps, whose context grows
 by one, attend to a window rounded up to WINDOW_BUCKET slots under a length mask, so a
@@ -16,12 +16,13 @@ On the CPU the same static code runs without capture: the tests prove it equal t
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pytest_dlmbench.device import is_cuda
 from pytest_dlmbench.runtimes.base import block_causal_mask, cache_keyword, check_attention
+from pytest_dlmbench.runtimes.fused import fused_layers
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -29,40 +30,31 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel
 
-ATTENTION_NAME = "dlmbench_window"  # the attention implementation this runtime registers
-FUSE_NORMS = True  # captured graphs run RMSNorm as torch's one fused kernel instead of transformers' seven
+ATTENTION_NAME = "dlmbench_window"  # not a mask interface of transformers': the model builds no mask
+COMPILE = True  # captured graphs run the fused layer steps compiled (False: as written, for comparison)
 WINDOW_BUCKET = 256  # decode windows are multiples of this many slots
 
 
-def window_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                     attention_mask: Any, dropout: float = 0.0, scaling: float | None = None,
-                     is_causal: bool = False, window_mask: torch.Tensor | None = None,
-                     **kwargs: Any) -> tuple[torch.Tensor, None]:
-    """query (B, H, n, D), key/value (B, KVH, k, D), window_mask (1, 1, n, k) bool -> (B, n, H, D).
-
-    transformers' own `attention_mask` is ignored: the runtime passes the only mask it means.
-    """
+def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, folded_mask: torch.Tensor | None,
+           scale: float, is_causal: bool) -> torch.Tensor:
+    """query (B, H, n, D), key/value (B, KVH, k, D), folded_mask (1, 1, groups * n, k) bool -> (B, n, H, D)."""
     import torch.nn.functional as F
 
-    attention_mask = window_mask
     batch, heads, n, dim = query.shape
     groups = heads // key.shape[1]
-    if attention_mask is None:
-        out = F.scaled_dot_product_attention(query, key, value, is_causal=is_causal, scale=scaling,
+    if folded_mask is None:
+        out = F.scaled_dot_product_attention(query, key, value, is_causal=is_causal, scale=scale,
                                              enable_gqa=groups > 1)
     else:  # each KV head's `groups` query heads become groups * n rows of one head
         folded = query.reshape(batch, key.shape[1], groups * n, dim)  # (B, KVH, groups * n, D)
-        mask = attention_mask[:, :, None].expand(-1, -1, groups, -1, -1).reshape(
-            attention_mask.shape[0], 1, groups * n, attention_mask.shape[-1])  # (1|B, 1, groups * n, k)
-        out = F.scaled_dot_product_attention(folded, key, value, attn_mask=mask, scale=scaling).reshape(
+        out = F.scaled_dot_product_attention(folded, key, value, attn_mask=folded_mask, scale=scale).reshape(
             batch, heads, n, dim)
-    return out.transpose(1, 2).contiguous(), None
+    return out.transpose(1, 2)
 
 
-def register_attention() -> None:
-    from transformers import AttentionInterface
-
-    AttentionInterface.register(ATTENTION_NAME, window_attention)
+def fold(mask: torch.Tensor, groups: int) -> torch.Tensor:
+    """mask (1, 1, n, k) -> (1, 1, groups * n, k): row g n + i is row i, as `attend` folds the queries."""
+    return mask.repeat(1, 1, groups, 1)
 
 
 def static_cache_class() -> type:
@@ -152,7 +144,6 @@ class GraphRuntime:
     def __init__(self, model: PreTrainedModel) -> None:
         import torch
 
-        register_attention()
         self.model = model
         self.keyword = cache_keyword(model)
         self.capture = is_cuda(model.device)
@@ -213,11 +204,13 @@ class GraphRuntime:
 
     def _run(self, captured: Captured, cache: Any, attention: str) -> torch.Tensor:
         """The model's forward on the captured inputs, as transformers runs it with this attention."""
-        kwargs: dict[str, Any] = {"is_causal": attention == "causal", "window_mask": captured.mask}
+        groups = self.model.config.num_attention_heads // self.model.config.num_key_value_heads
+        mask = fold(captured.mask, groups) if captured.mask is not None else None  # once, for every layer
+        kwargs: dict[str, Any] = {"is_causal": attention == "causal", "window_mask": mask}
         if cache is not None:
             kwargs[self.keyword] = cache
-        norms = fused_norms(self.model) if self.capture and FUSE_NORMS else nullcontext()
-        with attention_implementation(self.model, ATTENTION_NAME), norms:
+        with attention_implementation(self.model, ATTENTION_NAME), fused_layers(self.model, attend,
+                                                                                 self.capture and COMPILE):
             return self.model(captured.ids, position_ids=captured.slots[None], use_cache=cache is not None,
                               logits_to_keep=captured.rows, **kwargs).logits
 
@@ -252,19 +245,3 @@ def attention_implementation(model: PreTrainedModel, name: str) -> Iterator[None
         yield
     finally:
         model.config._attn_implementation = previous
-
-
-@contextmanager
-def fused_norms(model: PreTrainedModel) -> Iterator[None]:
-    """Inside the block, every RMSNorm of the model is `torch.nn.functional.rms_norm` (one kernel on
-    CUDA; transformers' upcast, mean, rsqrt and scale run as separate kernels)."""
-    import torch.nn.functional as F
-
-    norms = [module for module in model.modules() if type(module).__name__.endswith("RMSNorm")]
-    for norm in norms:
-        norm.forward = lambda x, norm=norm: F.rms_norm(x, (x.shape[-1],), norm.weight, norm.variance_epsilon)
-    try:
-        yield
-    finally:
-        for norm in norms:
-            del norm.forward

@@ -1,5 +1,5 @@
 """Where one captured forward's device time goes: kernels of a graph replay, grouped, against the
-replay's own time. python results/graph-runtime/profile_forward.py [--patch]
+replay's own time. python results/graph-runtime/profile_forward.py [--cases ...] [--attention]
 
 Cases (B = 1, bf16, random weights): llama-3.1-8b decode at context 984; llada-8b full forward at
 L = 104 and 1176; fast-dllm-v2-7b 32-token block forward against a 928-position prefix.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -53,7 +54,10 @@ def kernels(fn):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--cases", default="ar,dlm104,dlm1176,block")
+    parser.add_argument("--attention", action="store_true", help="time decode attention by SDPA backend first")
     args = parser.parse_args()
+    if args.attention:
+        decode_attention()
     device = torch.device("cuda")
     cases = {
         "ar": ("llama-3.1-8b", 984, 1),
@@ -71,8 +75,8 @@ def main():
                 built[name] = build_model(get_spec(name), device, torch.bfloat16)
             model = built[name]
             spec = get_spec(name)
-            for runtime_name in ("eager", "graphs", "graphs-unfused-norms"):
-                graphs.FUSE_NORMS = runtime_name == "graphs"
+            for runtime_name in ("eager", "graphs", "graphs-uncompiled"):
+                graphs.COMPILE = runtime_name == "graphs"
                 runtime = make_runtime(runtime_name.partition("-")[0], model)
                 ids = torch.randint(0, 1000, (1, length + (span or 0)), device=device)
                 if span is None:  # one full bidirectional forward, block logits
@@ -85,7 +89,7 @@ def main():
                     fn = lambda: runtime.forward(ids[:, length : length + span], length, rows, cache)  # noqa: E731
                 ms = replay_ms(fn)
                 groups, counts, total = kernels(fn)
-                print(f"{case} {runtime_name}: {ms:.2f} ms/forward; kernels {total}; "
+                print(f"{case} {runtime_name}: {ms:.2f} ms/forward; capture {runtime.capture_s or 0:.1f} s; kernels {total}; "
                       + "; ".join(f"{k} {groups[k]:.2f} ms x{counts[k]}" for k in sorted(groups)), flush=True)
                 if runtime_name == "graphs" and case in ("ar", "dlm1176"):
                     with profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -94,6 +98,25 @@ def main():
                     rows_ = sorted(prof.key_averages(), key=lambda e: e.device_time_total, reverse=True)[:12]
                     for e in rows_:
                         print(f"    {e.device_time_total / 1e3:7.3f} ms x{e.count:4d} {e.key[:110]}")
+
+
+def decode_attention() -> None:
+    """One decode step's attention per layer (llama-3.1-8b: 32 query heads on 8 KV heads, a 1024-slot
+    window under a length mask), by SDPA backend."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    import torch.nn.functional as F
+
+    q = torch.randn(1, 8, 4, 128, device="cuda", dtype=torch.bfloat16)  # folded: 4 query heads per KV head
+    k, v = (torch.randn(1, 8, 1024, 128, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    mask = (torch.arange(1024, device="cuda") < 985)[None, None, None].expand(1, 1, 4, 1024)
+    for backend in (None, SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH):
+        try:
+            with sdpa_kernel(backend) if backend else contextlib.nullcontext():
+                ms = replay_ms(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask), repeats=200)
+            print(f"decode attention {backend}: {ms * 1000:.1f} us")
+        except RuntimeError as error:
+            print(f"decode attention {backend}: {str(error).splitlines()[0]}")
 
 
 if __name__ == "__main__":

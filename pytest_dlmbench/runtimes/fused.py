@@ -1,0 +1,156 @@
+"""The graphs runtime's decoder layer (Llama and Qwen2 families): three steps around attention.
+
+transformers runs a layer as 7 GEMMs and ~25 small elementwise kernels (RMSNorm's upcast, RoPE's
+slice/neg/cat, SiLU, residual adds); at batch 1 their launches and gaps cost as much as a third
+of the weight read. Here a layer is `project` (RMSNorm, one GEMM for q, k and v, RoPE), the
+runtime's cache write and attention, and `finish` (output GEMM, residual, RMSNorm, one GEMM for
+gate and up, SiLU·mul, down GEMM, residual). On CUDA torch.compile turns each step's
+elementwise work into a few Triton kernels (the GEMMs stay cuBLAS); attention stays outside the
+compiled code, so it runs the same fused SDPA kernel as before and the math-fallback check sees
+it. The q/k/v and gate/up weights are joined once per model and transformers' modules keep views
+of them, so eager runs on the same memory.
+"""
+
+from __future__ import annotations
+
+import functools
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel
+
+Attend = Callable[..., "torch.Tensor"]  # (query, key, value, mask, scale, is_causal) -> (B, n, H, D)
+
+
+@dataclass(frozen=True)
+class LayerWeights:
+    """One decoder layer's tensors, as the fused steps read them."""
+
+    index: int
+    input_norm: torch.Tensor  # (hidden,)
+    post_norm: torch.Tensor  # (hidden,)
+    eps: float
+    qkv: torch.Tensor  # ((H + 2 KVH) D, hidden)
+    qkv_bias: torch.Tensor | None  # ((H + 2 KVH) D,) (Qwen2)
+    sizes: tuple[int, int, int]  # q, k, v rows of `qkv`
+    head_dim: int
+    scaling: float
+    out: torch.Tensor  # (hidden, H D)
+    gate_up: torch.Tensor  # (2 I, hidden)
+    down: torch.Tensor  # (hidden, I)
+
+
+_JOINED: weakref.WeakKeyDictionary[Any, list[LayerWeights]] = weakref.WeakKeyDictionary()
+
+
+def layer_weights(model: PreTrainedModel) -> list[LayerWeights]:
+    """The model's layers with joined q/k/v and gate/up weights (joined once per model)."""
+    decoder = model.get_decoder()
+    if decoder not in _JOINED:
+        if model.config.hidden_act != "silu":
+            raise ValueError(f"the graphs runtime runs SiLU MLPs; this model's hidden_act is "
+                             f"{model.config.hidden_act!r}")
+        _JOINED[decoder] = [_join(index, layer) for index, layer in enumerate(decoder.layers)]
+    return _JOINED[decoder]
+
+
+def _join(index: int, layer: Any) -> LayerWeights:
+    attention, mlp = layer.self_attn, layer.mlp
+    if attention.o_proj.bias is not None or any(
+            linear.bias is not None for linear in (mlp.gate_proj, mlp.up_proj, mlp.down_proj)):
+        raise ValueError("the graphs runtime supports biases on q, k and v only (Llama and Qwen2)")
+    qkv, qkv_bias = _joined(attention.q_proj, attention.k_proj, attention.v_proj)
+    gate_up, _ = _joined(mlp.gate_proj, mlp.up_proj)
+    return LayerWeights(
+        index, layer.input_layernorm.weight, layer.post_attention_layernorm.weight,
+        layer.input_layernorm.variance_epsilon, qkv, qkv_bias,
+        (attention.q_proj.out_features, attention.k_proj.out_features, attention.v_proj.out_features),
+        attention.head_dim, attention.scaling, attention.o_proj.weight, gate_up, mlp.down_proj.weight)
+
+
+def _joined(*linears: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One weight (and bias) for linears that read the same input; each module is left holding a
+    view of its rows, so the model's memory does not grow."""
+    import torch
+
+    rows = [linear.out_features for linear in linears]
+    with torch.no_grad():
+        weight = torch.cat([linear.weight for linear in linears])  # (sum rows, in)
+        bias = torch.cat([linear.bias for linear in linears]) if linears[0].bias is not None else None
+        for number, linear in enumerate(linears):
+            linear.weight = torch.nn.Parameter(weight.split(rows)[number], requires_grad=False)
+            if bias is not None:
+                linear.bias = torch.nn.Parameter(bias.split(rows)[number], requires_grad=False)
+    return weight, bias
+
+
+def project(x: torch.Tensor, weights: LayerWeights, cos: torch.Tensor,
+            sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x (B, n, hidden), cos/sin (1|B, n, D) -> rotated q (B, H, n, D), rotated k and v (B, KVH, n, D)."""
+    import torch.nn.functional as F
+
+    batch, n, _ = x.shape
+    normed = F.rms_norm(x, (x.shape[-1],), weights.input_norm, weights.eps)
+    q, k, v = F.linear(normed, weights.qkv, weights.qkv_bias).split(weights.sizes, dim=-1)
+    q, k, v = (part.view(batch, n, -1, weights.head_dim).transpose(1, 2) for part in (q, k, v))
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (1|B, 1, n, D)
+    return rotate(q, cos, sin), rotate(k, cos, sin), v
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE as transformers applies it: x cos + rotate_half(x) sin."""
+    import torch
+
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+
+
+def finish(x: torch.Tensor, attended: torch.Tensor, weights: LayerWeights) -> torch.Tensor:
+    """x (B, n, hidden), attended (B, n, H, D) -> the layer's output (B, n, hidden)."""
+    import torch.nn.functional as F
+
+    x = x + F.linear(attended.flatten(2), weights.out)
+    normed = F.rms_norm(x, (x.shape[-1],), weights.post_norm, weights.eps)
+    gate, up = F.linear(normed, weights.gate_up).chunk(2, dim=-1)  # (B, n, I) each
+    return x + F.linear(F.silu(gate) * up, weights.down)
+
+
+@functools.cache
+def compiled_steps() -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """`project` and `finish` compiled once per process, for any batch and length (dynamic shapes)."""
+    import torch
+
+    return (torch.compile(project, dynamic=True, fullgraph=True),
+            torch.compile(finish, dynamic=True, fullgraph=True))
+
+
+def layer_forward(weights: LayerWeights, steps: tuple[Callable[..., Any], Callable[..., Any]], attend: Attend,
+                  hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor],
+                  window_mask: torch.Tensor | None = None, is_causal: bool = False, **kwargs: Any) -> torch.Tensor:
+    """A decoder layer's forward as transformers calls it; the cache arrives as `cache` or, in
+    transformers before 5.40's rename, `past_key_values`."""
+    project_step, finish_step = steps
+    q, k, v = project_step(hidden_states, weights, *position_embeddings)
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))
+    if cache is not None:
+        k, v = cache.update(k, v, weights.index)
+    return finish_step(hidden_states, attend(q, k, v, window_mask, weights.scaling, is_causal), weights)
+
+
+@contextmanager
+def fused_layers(model: PreTrainedModel, attend: Attend, compiled: bool) -> Iterator[None]:
+    """Inside the block, the model's decoder layers run as the three steps above."""
+    steps = compiled_steps() if compiled else (project, finish)
+    layers = model.get_decoder().layers
+    for layer, weights in zip(layers, layer_weights(model)):
+        layer.forward = functools.partial(layer_forward, weights, steps, attend)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer.forward
