@@ -121,3 +121,18 @@ def test_point_ids_name_the_runtime_only_when_not_the_default():
     eager = BenchPoint("dlm", "llada-8b", 40, 256, 1, "dual_cache", "eager")
     assert eager.id == "dlm-llada-8b-p40-g256-b1-dual_cache-eager"
     assert eager.runtime_key == point.runtime_key and eager.shape_key != point.shape_key
+
+
+def test_joined_weights_are_what_the_modules_hold():
+    from pytest_dlmbench.runtimes.fused import layer_weights
+
+    spec, model = tiny("tiny-block", seed=3)
+    before = {name: parameter.clone() for name, parameter in model.named_parameters()}
+    first = layer_weights(model)
+    assert layer_weights(model) is first  # joined once
+    attention, mlp = model.model.layers[0].self_attn, model.model.layers[0].mlp
+    assert attention.k_proj.weight.untyped_storage().data_ptr() == first[0].qkv.untyped_storage().data_ptr()
+    assert mlp.up_proj.weight.untyped_storage().data_ptr() == first[0].gate_up.untyped_storage().data_ptr()
+    assert first[0].qkv_bias is not None and first[0].sizes == (64, 32, 32)
+    after = dict(model.named_parameters())
+    assert after.keys() == before.keys() and all(torch.equal(after[name], before[name]) for name in before)

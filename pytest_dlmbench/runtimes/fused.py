@@ -91,14 +91,17 @@ def _joined(*linears: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 def project(x: torch.Tensor, weights: LayerWeights, cos: torch.Tensor,
             sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """x (B, n, hidden), cos/sin (1|B, n, D) -> rotated q (B, H, n, D), rotated k and v (B, KVH, n, D)."""
+    """x (B, n, hidden), cos/sin (1|B, n, D) -> rotated q (B, n, H, D), rotated k and v (B, n, KVH, D).
+
+    Heads stay after positions, as the GEMM wrote them: a rotation that also transposed made
+    Inductor's RoPE kernel 20x slower at 1176 positions."""
     import torch.nn.functional as F
 
     batch, n, _ = x.shape
     normed = F.rms_norm(x, (x.shape[-1],), weights.input_norm, weights.eps)
     q, k, v = F.linear(normed, weights.qkv, weights.qkv_bias).split(weights.sizes, dim=-1)
-    q, k, v = (part.view(batch, n, -1, weights.head_dim).transpose(1, 2) for part in (q, k, v))
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (1|B, 1, n, D)
+    q, k, v = (part.view(batch, n, -1, weights.head_dim) for part in (q, k, v))
+    cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)  # (1|B, n, 1, D)
     return rotate(q, cos, sin), rotate(k, cos, sin), v
 
 
@@ -122,11 +125,22 @@ def finish(x: torch.Tensor, attended: torch.Tensor, weights: LayerWeights) -> to
 
 @functools.cache
 def compiled_steps() -> tuple[Callable[..., Any], Callable[..., Any]]:
-    """`project` and `finish` compiled once per process, for any batch and length (dynamic shapes)."""
+    """`project` and `finish` compiled once per model shape: batch and length are symbolic (where
+    not 1), the weights' shapes static, so Inductor's kernels index by constants."""
     import torch
 
-    return (torch.compile(project, dynamic=True, fullgraph=True),
-            torch.compile(finish, dynamic=True, fullgraph=True))
+    def token_dims_dynamic(step: Callable[..., Any]) -> Callable[..., Any]:
+        compiled = torch.compile(step, dynamic=False, fullgraph=True)
+
+        def run(x: torch.Tensor, *args: Any) -> Any:
+            for tensor in (x, *(arg for arg in args if isinstance(arg, torch.Tensor))):  # (B, n, ...)
+                torch._dynamo.maybe_mark_dynamic(tensor, 0)
+                torch._dynamo.maybe_mark_dynamic(tensor, 1)
+            return compiled(x, *args)
+
+        return run
+
+    return token_dims_dynamic(project), token_dims_dynamic(finish)
 
 
 def layer_forward(weights: LayerWeights, steps: tuple[Callable[..., Any], Callable[..., Any]], attend: Attend,
@@ -135,7 +149,7 @@ def layer_forward(weights: LayerWeights, steps: tuple[Callable[..., Any], Callab
     """A decoder layer's forward as transformers calls it; the cache arrives as `cache` or, in
     transformers before 5.40's rename, `past_key_values`."""
     project_step, finish_step = steps
-    q, k, v = project_step(hidden_states, weights, *position_embeddings)
+    q, k, v = (part.transpose(1, 2) for part in project_step(hidden_states, weights, *position_embeddings))
     cache = kwargs.get("cache", kwargs.get("past_key_values"))
     if cache is not None:
         k, v = cache.update(k, v, weights.index)

@@ -37,7 +37,7 @@ WINDOW_BUCKET = 256  # decode windows are multiples of this many slots
 
 def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, folded_mask: torch.Tensor | None,
            scale: float, is_causal: bool) -> torch.Tensor:
-    """query (B, H, n, D), key/value (B, KVH, k, D), folded_mask (1, 1, groups * n, k) bool -> (B, n, H, D)."""
+    """query (B, H, n, D), key/value (B, KVH, k, D), folded_mask (1, 1, groups * n, k) additive -> (B, n, H, D)."""
     import torch.nn.functional as F
 
     batch, heads, n, dim = query.shape
@@ -52,9 +52,14 @@ def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, folded_m
     return out.transpose(1, 2)
 
 
-def fold(mask: torch.Tensor, groups: int) -> torch.Tensor:
-    """mask (1, 1, n, k) -> (1, 1, groups * n, k): row g n + i is row i, as `attend` folds the queries."""
-    return mask.repeat(1, 1, groups, 1)
+def fold(mask: torch.Tensor, groups: int, dtype: torch.dtype) -> torch.Tensor:
+    """mask (1, 1, n, k) bool -> (1, 1, groups * n, k) additive (0 or -inf) in `dtype`: row g n + i is
+    row i, as `attend` folds the queries. Additive, because SDPA turns a bool mask into one with
+    three kernels in every layer."""
+    import torch
+
+    additive = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
+    return additive.repeat(1, 1, groups, 1)
 
 
 def static_cache_class() -> type:
@@ -205,7 +210,7 @@ class GraphRuntime:
     def _run(self, captured: Captured, cache: Any, attention: str) -> torch.Tensor:
         """The model's forward on the captured inputs, as transformers runs it with this attention."""
         groups = self.model.config.num_attention_heads // self.model.config.num_key_value_heads
-        mask = fold(captured.mask, groups) if captured.mask is not None else None  # once, for every layer
+        mask = fold(captured.mask, groups, self.model.dtype) if captured.mask is not None else None  # once, for every layer
         kwargs: dict[str, Any] = {"is_causal": attention == "causal", "window_mask": mask}
         if cache is not None:
             kwargs[self.keyword] = cache

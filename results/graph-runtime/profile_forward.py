@@ -95,7 +95,7 @@ def main():
                     with profile(activities=[ProfilerActivity.CUDA]) as prof:
                         fn()
                         torch.cuda.synchronize()
-                    rows_ = sorted(prof.key_averages(), key=lambda e: e.device_time_total, reverse=True)[:12]
+                    rows_ = sorted(prof.key_averages(), key=lambda e: e.device_time_total, reverse=True)[:16]
                     for e in rows_:
                         print(f"    {e.device_time_total / 1e3:7.3f} ms x{e.count:4d} {e.key[:110]}")
 
