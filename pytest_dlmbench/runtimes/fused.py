@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel
 
+RECOMPILE_LIMIT = 64  # versions of a compiled step: 16 (model, dtype) pairs
 Attend = Callable[..., "torch.Tensor"]  # (query, key, value, mask, scale, is_causal) -> (B, n, H, D)
 
 
@@ -126,8 +127,13 @@ def finish(x: torch.Tensor, attended: torch.Tensor, weights: LayerWeights) -> to
 @functools.cache
 def compiled_steps() -> tuple[Callable[..., Any], Callable[..., Any]]:
     """`project` and `finish` compiled once per model shape: batch and length are symbolic (where
-    not 1), the weights' shapes static, so Inductor's kernels index by constants."""
+    not 1), the weights' shapes static, so Inductor's kernels index by constants.
+
+    Each (model, dtype) adds up to four versions of each step (batch and length each 1 or not),
+    so a session of several models raises dynamo's recompile limit above its default of 8."""
     import torch
+
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
 
     def token_dims_dynamic(step: Callable[..., Any]) -> Callable[..., Any]:
         compiled = torch.compile(step, dynamic=False, fullgraph=True)

@@ -4,6 +4,9 @@
 #   OUT=folder results/graph-runtime/run.sh grid PROMPT     # B=1 grid and strategy table, both runtimes
 #   OUT=folder results/graph-runtime/run.sh agree           # equal-token shares, both runtimes, both prompts
 #   OUT=folder results/graph-runtime/run.sh batch           # the batch sweep (4, 16) at gen 256, both runtimes
+#   OUT=folder results/graph-runtime/run.sh b1              # batch 1 under graphs: strategies at gen 64/256, gen 1024
+#   OUT=folder results/graph-runtime/run.sh g1024 RUNTIME   # the gen-1024 points at batch 1 under RUNTIME, one round
+#   OUT=folder results/graph-runtime/run.sh sweep RUNTIME PROMPT BATCHES PARADIGMS  # batch points at gen 256, one round
 # Each invocation's wall time is printed and kept in OUT/walltime.txt; each point saves point_wall_s
 # (start-up, captures, warm-up and rounds), so a runtime's share of a mixed invocation is their sum.
 . "$(dirname "$0")/../lib.sh"
@@ -24,4 +27,13 @@ case $1 in
     run agree --dlm-gen=256 --dlm-batch=1 --dlm-strategies=all --dlm-runtime=all --dlm-rounds=1 --dlm-warmup=0 ;;
   batch)
     run batch --dlm-gen=256 --dlm-batch=4,16 --dlm-prompt=40 --dlm-runtime=all --dlm-rounds=2 ;;
+  b1)  # no warm-up round: graphs capture in an untimed run of their own
+    run b1-strategies --dlm-gen=64,256 --dlm-batch=1 --dlm-strategies=all --dlm-runtime=graphs --dlm-rounds=2 \
+      --dlm-warmup=0
+    run b1-g1024 --dlm-gen=1024 --dlm-batch=1 --dlm-runtime=graphs --dlm-rounds=2 --dlm-warmup=0 ;;
+  g1024)
+    run "g1024-$2" --dlm-gen=1024 --dlm-batch=1 --dlm-runtime="$2" --dlm-rounds=1 --dlm-warmup=0 ;;
+  sweep)
+    run "sweep-$2-p$3-b${4//,/_}-${5//,/_}" --dlm-gen=256 --dlm-prompt="$3" --dlm-batch="$4" --dlm-paradigms="$5" \
+      --dlm-runtime="$2" --dlm-rounds=1 --dlm-warmup=0 ;;
 esac
