@@ -20,6 +20,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pytest_dlmbench.device import release
+
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel
@@ -57,6 +59,7 @@ def layer_weights(model: PreTrainedModel) -> list[LayerWeights]:
             raise ValueError(f"the graphs runtime runs SiLU MLPs; this model's hidden_act is "
                              f"{model.config.hidden_act!r}")
         _JOINED[decoder] = [_join(index, layer) for index, layer in enumerate(decoder.layers)]
+        release(model.device)  # the replaced weights' blocks, which the joined ones do not fit
     return _JOINED[decoder]
 
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pytest_dlmbench.device import is_cuda
 from pytest_dlmbench.runtimes.base import block_causal_mask, cache_keyword, check_attention
-from pytest_dlmbench.runtimes.fused import fused_layers
+from pytest_dlmbench.runtimes.fused import fused_layers, layer_weights
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -150,6 +150,7 @@ class GraphRuntime:
         import torch
 
         self.model = model
+        layer_weights(model)  # joined before any point's measurement starts
         self.keyword = cache_keyword(model)
         self.capture = is_cuda(model.device)
         self.capture_s: float | None = 0.0 if self.capture else None

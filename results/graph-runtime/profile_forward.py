@@ -74,7 +74,6 @@ def main():
                 torch.cuda.empty_cache()
                 built[name] = build_model(get_spec(name), device, torch.bfloat16)
             model = built[name]
-            spec = get_spec(name)
             for runtime_name in ("eager", "graphs", "graphs-uncompiled"):
                 graphs.COMPILE = runtime_name == "graphs"
                 runtime = make_runtime(runtime_name.partition("-")[0], model)
