@@ -209,9 +209,10 @@ class GraphRuntime:
         return logits
 
     def _run(self, captured: Captured, cache: Any, attention: str) -> torch.Tensor:
-        """The model's forward on the captured inputs, as transformers runs it with this attention."""
+        """transformers' model forward on the captured inputs, its layers run as fused.py's steps."""
         groups = self.model.config.num_attention_heads // self.model.config.num_key_value_heads
-        mask = fold(captured.mask, groups, self.model.dtype) if captured.mask is not None else None  # once, for every layer
+        # folded once, for every layer
+        mask = fold(captured.mask, groups, self.model.dtype) if captured.mask is not None else None
         kwargs: dict[str, Any] = {"is_causal": attention == "causal", "window_mask": mask}
         if cache is not None:
             kwargs[self.keyword] = cache
