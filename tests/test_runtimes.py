@@ -136,3 +136,12 @@ def test_joined_weights_are_what_the_modules_hold():
     assert first[0].qkv_bias is not None and first[0].sizes == (64, 32, 32)
     after = dict(model.named_parameters())
     assert after.keys() == before.keys() and all(torch.equal(after[name], before[name]) for name in before)
+
+
+def test_the_graphs_runtime_names_a_bias_it_cannot_run():
+    spec, model = tiny("tiny-ar", seed=4)
+    layer = model.model.layers[1]
+    layer.mlp.down_proj.bias = torch.nn.Parameter(torch.zeros(layer.mlp.down_proj.out_features))
+    with pytest.raises(ValueError, match="layer 1's down_proj has a bias; the graphs runtime allows biases on "
+                                         "q_proj, k_proj and v_proj only"):
+        make_runtime("graphs", model)

@@ -65,9 +65,12 @@ def layer_weights(model: PreTrainedModel) -> list[LayerWeights]:
 
 def _join(index: int, layer: Any) -> LayerWeights:
     attention, mlp = layer.self_attn, layer.mlp
-    if attention.o_proj.bias is not None or any(
-            linear.bias is not None for linear in (mlp.gate_proj, mlp.up_proj, mlp.down_proj)):
-        raise ValueError("the graphs runtime supports biases on q, k and v only (Llama and Qwen2)")
+    biased = [name for name, linear in (("o_proj", attention.o_proj), ("gate_proj", mlp.gate_proj),
+                                        ("up_proj", mlp.up_proj), ("down_proj", mlp.down_proj))
+              if linear.bias is not None]
+    if biased:
+        raise ValueError(f"layer {index}'s {', '.join(biased)} has a bias; the graphs runtime allows biases on "
+                         "q_proj, k_proj and v_proj only (Llama and Qwen2)")
     qkv, qkv_bias = _joined(attention.q_proj, attention.k_proj, attention.v_proj)
     gate_up, _ = _joined(mlp.gate_proj, mlp.up_proj)
     return LayerWeights(
@@ -86,10 +89,11 @@ def _joined(*linears: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
     with torch.no_grad():
         weight = torch.cat([linear.weight for linear in linears])  # (sum rows, in)
         bias = torch.cat([linear.bias for linear in linears]) if linears[0].bias is not None else None
-        for number, linear in enumerate(linears):
-            linear.weight = torch.nn.Parameter(weight.split(rows)[number], requires_grad=False)
-            if bias is not None:
-                linear.bias = torch.nn.Parameter(bias.split(rows)[number], requires_grad=False)
+        for linear, rows_weight in zip(linears, weight.split(rows)):
+            linear.weight = torch.nn.Parameter(rows_weight, requires_grad=False)
+        if bias is not None:
+            for linear, rows_bias in zip(linears, bias.split(rows)):
+                linear.bias = torch.nn.Parameter(rows_bias, requires_grad=False)
     return weight, bias
 
 
