@@ -2,13 +2,14 @@
 
 transformers runs a layer as 7 GEMMs and ~25 small elementwise kernels (RMSNorm's upcast, RoPE's
 slice/neg/cat, SiLU, residual adds); at batch 1 their launches and gaps cost as much as a third
-of the weight read. Here a layer is `project` (RMSNorm, one GEMM for q, k and v, RoPE), the
-runtime's cache write and attention, and `finish` (output GEMM, residual, RMSNorm, one GEMM for
-gate and up, SiLU·mul, down GEMM, residual). On CUDA torch.compile turns each step's
-elementwise work into a few Triton kernels (the GEMMs stay cuBLAS); attention stays outside the
-compiled code, so it runs the same fused SDPA kernel as before and the math-fallback check sees
-it. The q/k/v and gate/up weights are joined once per model and transformers' modules keep views
-of them, so eager runs on the same memory.
+of the weight read. Here a layer is `project` (RMSNorm, one GEMM for q, k and v, RoPE;
+`project_into` also writes k and v into the cache), the runtime's attention, and `finish`
+(output GEMM, residual, RMSNorm, one GEMM for gate and up, SiLU·mul, down GEMM, residual). On
+CUDA torch.compile turns each step's elementwise work into a few Triton kernels (the GEMMs stay
+cuBLAS, except the output projection at one token: see `project_output`); attention stays
+outside the compiled code, on the runtime's fused kernels, where the math-fallback check sees
+it. The q/k/v and gate/up weights are joined once per model and transformers' modules keep
+views of them, so eager runs on the same memory.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pytest_dlmbench.device import release
 
@@ -27,7 +28,8 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 RECOMPILE_LIMIT = 64  # versions of a compiled step: 16 (model, dtype) pairs
-Attend = Callable[..., "torch.Tensor"]  # (query, key, value, mask, scale, is_causal) -> (B, n, H, D)
+# (query (B, n, H, D), key, value (B, k, KVH, D), mask, scale, is_causal) -> (B, n, H, D)
+Attend = Callable[..., "torch.Tensor"]
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,33 @@ def project(x: torch.Tensor, weights: LayerWeights, cos: torch.Tensor,
     return rotate(q, cos, sin), rotate(k, cos, sin), v
 
 
+def project_output(attended: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """attended (B, n, H D) @ weight (hidden, H D).T -> (B, n, hidden).
+
+    At one token, under torch.compile, as a product summed over H D: Inductor makes it one
+    reduction kernel that read llama's 4096 x 4096 weight in 13.9 us a layer, where cuBLAS's
+    GEMV took 20.8 (profile-split-kv.txt, profile-compiled.txt). Only here, where the input is
+    a buffer already: Inductor inlines a producer computed in the step (RMSNorm, SiLU·mul) into
+    the reduction and recomputes it for every block of rows, which made gate/up 90 us and down
+    57 us a layer. Uncompiled, the product would be materialised, so F.linear."""
+    import torch
+    import torch.nn.functional as F
+
+    if not (torch.compiler.is_compiling() and attended.shape[0] * attended.shape[1] == 1):
+        return F.linear(attended, weight)
+    return torch.sum(weight.float() * attended.float().unsqueeze(-2), dim=-1).to(attended.dtype)  # (1, 1, hidden)
+
+
+def project_into(x: torch.Tensor, weights: LayerWeights, cos: torch.Tensor, sin: torch.Tensor, keys: torch.Tensor,
+                 values: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """`project`, with k and v written into a cache's keys/values (B, slots, KVH, D) at `slots` (n,)
+    -> q. Compiled, the writes join RoPE's kernel instead of costing two index_copy_ kernels."""
+    q, k, v = project(x, weights, cos, sin)
+    keys.index_copy_(1, slots, k)
+    values.index_copy_(1, slots, v)
+    return q
+
+
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """RoPE as transformers applies it: x cos + rotate_half(x) sin."""
     import torch
@@ -125,15 +154,23 @@ def finish(x: torch.Tensor, attended: torch.Tensor, weights: LayerWeights) -> to
     """x (B, n, hidden), attended (B, n, H, D) -> the layer's output (B, n, hidden)."""
     import torch.nn.functional as F
 
-    x = x + F.linear(attended.flatten(2), weights.out)
+    x = x + project_output(attended.flatten(2), weights.out)
     normed = F.rms_norm(x, (x.shape[-1],), weights.post_norm, weights.eps)
     gate, up = F.linear(normed, weights.gate_up).chunk(2, dim=-1)  # (B, n, I) each
     return x + F.linear(F.silu(gate) * up, weights.down)
 
 
+class Steps(NamedTuple):
+    """A layer's steps, compiled or as written."""
+
+    project: Callable[..., Any]
+    project_into: Callable[..., Any]
+    finish: Callable[..., Any]
+
+
 @functools.cache
-def compiled_steps() -> tuple[Callable[..., Any], Callable[..., Any]]:
-    """`project` and `finish` compiled once per model shape: batch and length are symbolic (where
+def compiled_steps() -> Steps:
+    """The steps compiled once per model shape: batch and length are symbolic (where
     not 1), the weights' shapes static, so Inductor's kernels index by constants.
 
     Each (model, dtype) adds up to four versions of each step (batch and length each 1 or not),
@@ -146,33 +183,35 @@ def compiled_steps() -> tuple[Callable[..., Any], Callable[..., Any]]:
         compiled = torch.compile(step, dynamic=False, fullgraph=True)
 
         def run(x: torch.Tensor, *args: Any) -> Any:
-            for tensor in (x, *(arg for arg in args if isinstance(arg, torch.Tensor))):  # (B, n, ...)
-                torch._dynamo.maybe_mark_dynamic(tensor, 0)
-                torch._dynamo.maybe_mark_dynamic(tensor, 1)
+            for tensor in (x, *(arg for arg in args if isinstance(arg, torch.Tensor))):  # (B, n | slots, ...), (n,)
+                for dim in range(min(tensor.dim(), 2)):
+                    torch._dynamo.maybe_mark_dynamic(tensor, dim)
             return compiled(x, *args)
 
         return run
 
-    return token_dims_dynamic(project), token_dims_dynamic(finish)
+    return Steps(*(token_dims_dynamic(step) for step in (project, project_into, finish)))
 
 
-def layer_forward(weights: LayerWeights, steps: tuple[Callable[..., Any], Callable[..., Any]], attend: Attend,
+def layer_forward(weights: LayerWeights, steps: Steps, attend: Attend,
                   hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor],
                   window_mask: torch.Tensor | None = None, is_causal: bool = False, **kwargs: Any) -> torch.Tensor:
-    """A decoder layer's forward as transformers calls it; the cache arrives as `cache` or, in
-    transformers before 5.40's rename, `past_key_values`."""
-    project_step, finish_step = steps
-    q, k, v = (part.transpose(1, 2) for part in project_step(hidden_states, weights, *position_embeddings))
+    """A decoder layer's forward as transformers calls it; the cache (the graphs runtime's) arrives
+    as `cache` or, in transformers before 5.40's rename, `past_key_values`."""
     cache = kwargs.get("cache", kwargs.get("past_key_values"))
-    if cache is not None:
-        k, v = cache.update(k, v, weights.index)
-    return finish_step(hidden_states, attend(q, k, v, window_mask, weights.scaling, is_causal), weights)
+    if cache is None:
+        q, k, v = steps.project(hidden_states, weights, *position_embeddings)
+    else:
+        q = steps.project_into(hidden_states, weights, *position_embeddings, cache.keys[weights.index],
+                               cache.values[weights.index], cache.slots)
+        k, v = cache.window_of(weights.index)
+    return steps.finish(hidden_states, attend(q, k, v, window_mask, weights.scaling, is_causal), weights)
 
 
 @contextmanager
 def fused_layers(model: PreTrainedModel, attend: Attend, compiled: bool) -> Iterator[None]:
     """Inside the block, the model's decoder layers run as the three steps above."""
-    steps = compiled_steps() if compiled else (project, finish)
+    steps = compiled_steps() if compiled else Steps(project, project_into, finish)
     layers = model.get_decoder().layers
     for layer, weights in zip(layers, layer_weights(model)):
         layer.forward = functools.partial(layer_forward, weights, steps, attend)

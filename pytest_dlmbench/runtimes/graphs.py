@@ -2,19 +2,23 @@
 
 The KV cache is allocated once at its final length, one slot per absolute position; a forward
 writes its keys into its positions' slots and attends to the slots [0, window). Positions,
-write slots, rows and masks are device tensors copied in before a replay, so one graph serves
-every call of its shape. The decoder layers run as fused.py's steps (compiled on CUDA) around
-this module's own SDPA call: it passes no mask where the window is exact, so the fused
-flash/cuDNN kernels run, and folds grouped query heads into rows where a mask is needed, since
-SDPA's fused kernels take a mask only without `enable_gqa`. Decode steps, whose context grows
-by one, attend to a window rounded up to WINDOW_BUCKET slots under a length mask, so a
-generation captures a handful of decode graphs instead of one per step.
+write slots, rows, lengths and masks are device tensors copied in before a replay, so one graph
+serves every call of its shape. The decoder layers run as fused.py's steps (compiled on CUDA)
+around this module's attention, which stays on fused kernels:
+- where the window is exact, SDPA with no mask (flash or cuDNN);
+- a decode step at small batch (one query per row over a growing context), flash's split-KV
+  kernel over the whole cache, told each row's valid length (`seqused_k`): no mask, one graph;
+- other decode steps attend to a window rounded up to WINDOW_BUCKET slots under a length mask,
+  so a generation captures a handful of decode graphs instead of one per step; SDPA's fused
+  kernels take a mask only without `enable_gqa`, so grouped query heads are folded into rows.
 
-On the CPU the same static code runs without capture: the tests prove it equal to eager.
+On the CPU the same static code runs without capture (and without split-KV, which is CUDA's):
+the tests prove it equal to eager.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,23 +37,72 @@ if TYPE_CHECKING:
 ATTENTION_NAME = "dlmbench_window"  # not a mask interface of transformers': the model builds no mask
 COMPILE = True  # captured graphs run the fused layer steps compiled (False: as written, for comparison)
 WINDOW_BUCKET = 256  # decode windows are multiples of this many slots
+SPLIT_KV_SHARE = 4  # split-KV decode while rows x KV heads is at most 1/4 of the multiprocessors
 
 
 def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, folded_mask: torch.Tensor | None,
            scale: float, is_causal: bool) -> torch.Tensor:
-    """query (B, H, n, D), key/value (B, KVH, k, D), folded_mask (1, 1, groups * n, k) additive -> (B, n, H, D)."""
+    """query (B, n, H, D), key/value (B, k, KVH, D), folded_mask (1, 1, groups * n, k) additive -> (B, n, H, D)."""
     import torch.nn.functional as F
 
-    batch, heads, n, dim = query.shape
-    groups = heads // key.shape[1]
+    batch, n, heads, dim = query.shape
+    kv_heads = key.shape[2]
+    groups = heads // kv_heads
+    query, key, value = (part.transpose(1, 2) for part in (query, key, value))  # heads before positions
     if folded_mask is None:
         out = F.scaled_dot_product_attention(query, key, value, is_causal=is_causal, scale=scale,
                                              enable_gqa=groups > 1)
     else:  # each KV head's `groups` query heads become groups * n rows of one head
-        folded = query.reshape(batch, key.shape[1], groups * n, dim)  # (B, KVH, groups * n, D)
+        folded = query.reshape(batch, kv_heads, groups * n, dim)  # (B, KVH, groups * n, D)
         out = F.scaled_dot_product_attention(folded, key, value, attn_mask=folded_mask, scale=scale).reshape(
             batch, heads, n, dim)
     return out.transpose(1, 2)
+
+
+@dataclass(frozen=True)
+class SplitKV:
+    """A decode step's flash split-KV inputs: the cache as one sequence of `capacity` slots a row."""
+
+    query_starts: torch.Tensor  # (B + 1,) int32: row b's query is query b
+    key_starts: torch.Tensor  # (B + 1,) int32: row b's keys start at slot b x capacity
+    lengths: torch.Tensor  # (B,) int32: the valid slots of each row, set before each replay
+    capacity: int
+
+    @classmethod
+    def for_batch(cls, batch: int, capacity: int, device: torch.device) -> SplitKV:
+        import torch
+
+        starts = torch.arange(batch + 1, dtype=torch.int32, device=device)
+        return cls(starts, starts * capacity, torch.zeros(batch, dtype=torch.int32, device=device), capacity)
+
+
+def attend_split_kv(split: SplitKV, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                    folded_mask: None, scale: float, is_causal: bool) -> torch.Tensor:
+    """query (B, 1, H, D), key/value (B, capacity, KVH, D), the whole cache -> (B, 1, H, D).
+
+    Flash's varlen kernel splits each row's keys over the multiprocessors and reads only the
+    first `lengths[b]` of them, so the step needs neither a mask nor a window that grows. At
+    batch 1 it took 12.3 us a layer of llama's decode where SDPA over the folded, masked window
+    took 27.4 (cuDNN: one tile a KV head); at batch 16 46.0 against 37.6
+    (results/graph-runtime/decode-varlen.txt)."""
+    import torch
+
+    batch, _, heads, dim = query.shape
+    out = torch.ops.aten._flash_attention_forward(
+        query.reshape(batch, heads, dim), key.flatten(0, 1), value.flatten(0, 1), split.query_starts,
+        split.key_starts, 1, split.capacity, 0.0, False, False, scale=scale, seqused_k=split.lengths)[0]
+    return out.view(batch, 1, heads, dim)
+
+
+def split_kv_fits(model: PreTrainedModel, batch: int) -> bool:
+    """Whether a decode step of `batch` rows runs split-KV: flash kernels (CUDA, half precision),
+    and few enough rows x KV heads that the folded kernel's tiles would leave most SMs idle."""
+    import torch
+
+    if not is_cuda(model.device) or model.dtype not in (torch.float16, torch.bfloat16):
+        return False
+    multiprocessors = torch.cuda.get_device_properties(model.device).multi_processor_count
+    return batch * model.config.num_key_value_heads * SPLIT_KV_SHARE <= multiprocessors
 
 
 def fold(mask: torch.Tensor, groups: int, dtype: torch.dtype) -> torch.Tensor:
@@ -71,7 +124,7 @@ def static_cache_class() -> type:
             import torch
 
             config = model.config
-            shape = (batch, config.num_key_value_heads, capacity, config.head_dim)  # (B, KVH, slots, D)
+            shape = (batch, capacity, config.num_key_value_heads, config.head_dim)  # (B, slots, KVH, D)
             self.keys = [torch.zeros(shape, dtype=model.dtype, device=model.device)
                          for _ in range(config.num_hidden_layers)]
             self.values = [torch.zeros_like(keys) for keys in self.keys]
@@ -81,11 +134,11 @@ def static_cache_class() -> type:
             self.slots: torch.Tensor | None = None  # (n,) where the running forward writes
             self.window = 0  # the running forward attends to slots [0, window)
 
-        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any,
-                   **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-            self.keys[layer_idx].index_copy_(2, self.slots, key_states)
-            self.values[layer_idx].index_copy_(2, self.slots, value_states)
-            return self.keys[layer_idx][:, :, : self.window], self.values[layer_idx][:, :, : self.window]
+        def window_of(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+            """The keys and values (B, window, KVH, D) the running forward attends to; its own were
+            written at `slots` by the layer's step. Positions before heads, as the layer's GEMM
+            writes them, so no copy transposes."""
+            return self.keys[layer][:, : self.window], self.values[layer][:, : self.window]
 
         def get_seq_length(self, layer_idx: int = 0) -> int:
             return self.window
@@ -136,6 +189,7 @@ class Captured:
     mask: torch.Tensor | None  # (1, 1, n, window) bool
     offsets: torch.Tensor  # (n,) 0..n-1: slots = start + offsets
     window_slots: torch.Tensor  # (window,) 0..window-1: a decode mask is window_slots < valid
+    split: SplitKV | None  # a split-KV decode step's inputs
     logits: torch.Tensor | None = None  # (B, rows, vocab), written by the graph
     graph: Any = None
 
@@ -176,10 +230,12 @@ class GraphRuntime:
         n = ids.shape[1]
         check_attention(attention, cache.cached() if cache is not None else 0, block_size)
         window = valid = cache.context_end(start, start + n) if cache is not None else n
-        masked = attention == "block_causal"
-        if cache is not None and n == 1:  # a decode step: a bucketed window under a length mask
-            window, masked = min(cache.capacity, -(-valid // WINDOW_BUCKET) * WINDOW_BUCKET), True
-        key = (tuple(ids.shape), window, masked, attention, rows if isinstance(rows, int) else len(rows),
+        masked, split = attention == "block_causal", False
+        if cache is not None and n == 1:  # a decode step: split-KV over the whole cache, or a masked window
+            split = split_kv_fits(self.model, ids.shape[0])
+            window, masked = (cache.capacity, False) if split else (
+                min(cache.capacity, -(-valid // WINDOW_BUCKET) * WINDOW_BUCKET), True)
+        key = (tuple(ids.shape), window, masked, split, attention, rows if isinstance(rows, int) else len(rows),
                id(cache))
         captured = self.graphs.get(key)
         if captured is None:  # the buffers of a new shape (on the CPU: of every call)
@@ -187,13 +243,16 @@ class GraphRuntime:
                 torch.empty(1, 1, n, window, dtype=torch.bool, device=ids.device) if masked else None)
             captured = Captured(ids.clone(), torch.empty(n, dtype=torch.long, device=ids.device),
                                 rows if isinstance(rows, int) else rows.clone(), mask,
-                                torch.arange(n, device=ids.device), torch.arange(window, device=ids.device))
+                                torch.arange(n, device=ids.device), torch.arange(window, device=ids.device),
+                                SplitKV.for_batch(ids.shape[0], window, ids.device) if split else None)
         captured.ids.copy_(ids)
         torch.add(captured.offsets, start, out=captured.slots)  # (n,) positions
         if not isinstance(rows, int):
             captured.rows.copy_(rows)
         if masked and attention != "block_causal":
             torch.lt(captured.window_slots, valid, out=captured.mask[0, 0, 0])
+        if captured.split is not None:
+            captured.split.lengths.fill_(valid)
         if cache is not None:
             cache.slots, cache.window = captured.slots, window
         if not self.capture:
@@ -216,7 +275,8 @@ class GraphRuntime:
         kwargs: dict[str, Any] = {"is_causal": attention == "causal", "window_mask": mask}
         if cache is not None:
             kwargs[self.keyword] = cache
-        with attention_implementation(self.model, ATTENTION_NAME), fused_layers(self.model, attend,
+        attention_call = functools.partial(attend_split_kv, captured.split) if captured.split else attend
+        with attention_implementation(self.model, ATTENTION_NAME), fused_layers(self.model, attention_call,
                                                                                  self.capture and COMPILE):
             return self.model(captured.ids, position_ids=captured.slots[None], use_cache=cache is not None,
                               logits_to_keep=captured.rows, **kwargs).logits

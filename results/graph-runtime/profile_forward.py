@@ -1,5 +1,5 @@
 """Where one captured forward's device time goes: kernels of a graph replay, grouped, against the
-replay's own time. python results/graph-runtime/profile_forward.py [--cases ...] [--attention]
+replay's own time. python results/graph-runtime/profile_forward.py [--cases ...]
 
 Cases (B = 1, bf16, random weights): llama-3.1-8b decode at context 984; llada-8b full forward at
 L = 104 and 1176; fast-dllm-v2-7b 32-token block forward against a 928-position prefix.
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -54,10 +53,7 @@ def kernels(fn):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--cases", default="ar,dlm104,dlm1176,block")
-    parser.add_argument("--attention", action="store_true", help="time decode attention by SDPA backend first")
     args = parser.parse_args()
-    if args.attention:
-        decode_attention()
     device = torch.device("cuda")
     cases = {
         "ar": ("llama-3.1-8b", 984, 1),
@@ -97,25 +93,6 @@ def main():
                     rows_ = sorted(prof.key_averages(), key=lambda e: e.device_time_total, reverse=True)[:16]
                     for e in rows_:
                         print(f"    {e.device_time_total / 1e3:7.3f} ms x{e.count:4d} {e.key[:110]}")
-
-
-def decode_attention() -> None:
-    """One decode step's attention per layer (llama-3.1-8b: 32 query heads on 8 KV heads, a 1024-slot
-    window under a length mask), by SDPA backend."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    import torch.nn.functional as F
-
-    q = torch.randn(1, 8, 4, 128, device="cuda", dtype=torch.bfloat16)  # folded: 4 query heads per KV head
-    k, v = (torch.randn(1, 8, 1024, 128, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-    mask = (torch.arange(1024, device="cuda") < 985)[None, None, None].expand(1, 1, 4, 1024)
-    for backend in (None, SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH):
-        try:
-            with sdpa_kernel(backend) if backend else contextlib.nullcontext():
-                ms = replay_ms(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask), repeats=200)
-            print(f"decode attention {backend}: {ms * 1000:.1f} us")
-        except RuntimeError as error:
-            print(f"decode attention {backend}: {str(error).splitlines()[0]}")
 
 
 if __name__ == "__main__":
