@@ -62,7 +62,8 @@ def pytest_configure(config: pytest.Config) -> None:
         config.issue_config_time_warning(UserWarning(
             "--dlm-warmup=0: each point's timed rounds include its first generation at its shapes, and with it "
             "one-time costs (e.g. cuDNN attention plans built per new sequence length: autoregressive decoding "
-            "read about 3x slower on an H100). Fine for smoke checks; use warm-up >= 1 for results and gating."),
+            "read about 3x slower on an H100). The graphs runtime still captures in an untimed run, so eager and "
+            "graphs points are not comparable. Fine for smoke checks; use warm-up >= 1 for results and gating."),
             stacklevel=2)
     config.stash[RESULTS] = {}
     config.stash[BASELINES] = {}

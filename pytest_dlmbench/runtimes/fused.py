@@ -119,11 +119,12 @@ def project_output(attended: torch.Tensor, weight: torch.Tensor) -> torch.Tensor
     """attended (B, n, H D) @ weight (hidden, H D).T -> (B, n, hidden).
 
     At one token, under torch.compile, as a product summed over H D: Inductor makes it one
-    reduction kernel that read llama's 4096 x 4096 weight in 13.9 us a layer, where cuBLAS's
-    GEMV took 20.8 (profile-split-kv.txt, profile-compiled.txt). Only here, where the input is
-    a buffer already: Inductor inlines a producer computed in the step (RMSNorm, SiLU·mul) into
-    the reduction and recomputes it for every block of rows, which made gate/up 90 us and down
-    57 us a layer. Uncompiled, the product would be materialised, so F.linear."""
+    reduction kernel that read llama's 4096 x 4096 weight in 13.3 us a layer, where cuBLAS's
+    GEMV took 20.8 (results/graph-runtime/split-kv/profile-ar-block.txt, profile-compiled.txt).
+    Only here, where the input is a buffer already: Inductor inlines a producer computed in the
+    step (RMSNorm, SiLU·mul) into the reduction and recomputes it for every block of rows, which
+    made gate/up 90 us and down 57 us a layer (split-kv/profile-all-reductions.txt). Uncompiled,
+    the product would be materialised, so F.linear."""
     import torch
     import torch.nn.functional as F
 

@@ -81,10 +81,10 @@ def attend_split_kv(split: SplitKV, query: torch.Tensor, key: torch.Tensor, valu
     """query (B, 1, H, D), key/value (B, capacity, KVH, D), the whole cache -> (B, 1, H, D).
 
     Flash's varlen kernel splits each row's keys over the multiprocessors and reads only the
-    first `lengths[b]` of them, so the step needs neither a mask nor a window that grows. At
-    batch 1 it took 12.3 us a layer of llama's decode where SDPA over the folded, masked window
-    took 27.4 (cuDNN: one tile a KV head); at batch 16 46.0 against 37.6
-    (results/graph-runtime/decode-varlen.txt)."""
+    first `lengths[b]` of them, so the step needs neither a mask nor a window that grows. A layer
+    of llama's decode at 984 of 1024 slots took 12.2, 23.2 and 26.7 us at batch 1, 2 and 4, where
+    SDPA over the folded, masked window took 27.5, 29.2 and 29.0 (cuDNN: one tile a KV head and
+    row); at batch 16 44.3 against 37.4 (results/graph-runtime/decode-varlen.txt)."""
     import torch
 
     batch, _, heads, dim = query.shape

@@ -4,7 +4,7 @@
 #   OUT=folder results/graph-runtime/run.sh grid PROMPT     # B=1 grid and strategy table, both runtimes
 #   OUT=folder results/graph-runtime/run.sh agree           # equal-token shares, both runtimes, both prompts
 #   OUT=folder results/graph-runtime/run.sh batch           # the batch sweep (4, 16) at gen 256, both runtimes
-#   OUT=folder results/graph-runtime/run.sh b1              # batch 1 under graphs: strategies at gen 64/256, gen 1024
+#   OUT=folder results/graph-runtime/run.sh b1              # batch 1 under graphs: every strategy at gen 64/256
 #   OUT=folder results/graph-runtime/run.sh g1024 RUNTIME   # the gen-1024 points at batch 1 under RUNTIME, one round
 #   OUT=folder results/graph-runtime/run.sh sweep RUNTIME PROMPT BATCHES PARADIGMS  # batch points at gen 256, one round
 # Each invocation's wall time is printed and kept in OUT/walltime.txt; each point saves point_wall_s
@@ -15,6 +15,10 @@ run() {  # NAME [options]: the standard grid's generation points
   shift
   logged "$name" benchmarks/test_generation.py --dlm-grid=standard "$@"
 }
+warmup() {  # RUNTIME -> warm-up rounds: graphs capture in an untimed run of their own; eager timed without a
+  # warm-up round is timed cold (cuDNN plans per new length: its decode read ~4x slower in agree/ and g1024-eager)
+  if [ "$1" = graphs ]; then echo 0; else echo 1; fi
+}
 case $1 in
   aa)  # ar, dlm, block; p40, p920; g256; B 1 (all) and 16 (ar, block: dlm at batch 16 costs minutes a round)
     run "$2-b1" --dlm-gen=256 --dlm-batch=1 --dlm-rounds=4
@@ -24,16 +28,15 @@ case $1 in
     run "grid-p$2" --dlm-prompt="$2" --dlm-gen=64,256 --dlm-batch=1 --dlm-strategies=all --dlm-runtime=all \
       --dlm-rounds=2 ;;
   agree)  # the share of equal tokens under both runtimes: every strategy, gen 256, batch 1, one round
-    run agree --dlm-gen=256 --dlm-batch=1 --dlm-strategies=all --dlm-runtime=all --dlm-rounds=1 --dlm-warmup=0 ;;
+    run agree --dlm-gen=256 --dlm-batch=1 --dlm-strategies=all --dlm-runtime=all --dlm-rounds=1 --dlm-warmup=1 ;;
   batch)
     run batch --dlm-gen=256 --dlm-batch=4,16 --dlm-prompt=40 --dlm-runtime=all --dlm-rounds=2 ;;
   b1)  # no warm-up round: graphs capture in an untimed run of their own
     run b1-strategies --dlm-gen=64,256 --dlm-batch=1 --dlm-strategies=all --dlm-runtime=graphs --dlm-rounds=2 \
-      --dlm-warmup=0
-    run b1-g1024 --dlm-gen=1024 --dlm-batch=1 --dlm-runtime=graphs --dlm-rounds=2 --dlm-warmup=0 ;;
+      --dlm-warmup=0 ;;
   g1024)
-    run "g1024-$2" --dlm-gen=1024 --dlm-batch=1 --dlm-runtime="$2" --dlm-rounds=1 --dlm-warmup=0 ;;
+    run "g1024-$2" --dlm-gen=1024 --dlm-batch=1 --dlm-runtime="$2" --dlm-rounds=1 --dlm-warmup="$(warmup "$2")" ;;
   sweep)
     run "sweep-$2-p$3-b${4//,/_}-${5//,/_}" --dlm-gen=256 --dlm-prompt="$3" --dlm-batch="$4" --dlm-paradigms="$5" \
-      --dlm-runtime="$2" --dlm-rounds=1 --dlm-warmup=0 ;;
+      --dlm-runtime="$2" --dlm-rounds=1 --dlm-warmup="$(warmup "$2")" ;;
 esac
