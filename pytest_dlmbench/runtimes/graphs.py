@@ -84,7 +84,9 @@ def attend_split_kv(split: SplitKV, query: torch.Tensor, key: torch.Tensor, valu
     first `lengths[b]` of them, so the step needs neither a mask nor a window that grows. A layer
     of llama's decode at 984 of 1024 slots took 12.2, 23.2 and 26.7 us at batch 1, 2 and 4, where
     SDPA over the folded, masked window took 27.5, 29.2 and 29.0 (cuDNN: one tile a KV head and
-    row); at batch 16 44.3 against 37.4 (results/graph-runtime/decode-varlen.txt)."""
+    row); at batch 16 44.3 against 37.4 (results/graph-runtime/decode-varlen.txt). The aten op,
+    because the public `torch.nn.attention.varlen.varlen_attn` has no `seqused_k` in torch 2.11
+    (2.13 has it); the GPU tests check the call against SDPA over the valid slots."""
     import torch
 
     batch, _, heads, dim = query.shape
