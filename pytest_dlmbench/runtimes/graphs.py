@@ -96,15 +96,15 @@ def attend_split_kv(split: SplitKV, query: torch.Tensor, key: torch.Tensor, valu
     return out.view(batch, 1, heads, dim)
 
 
-def split_kv_fits(model: PreTrainedModel, batch: int) -> bool:
-    """Whether a decode step of `batch` rows runs split-KV: flash kernels (CUDA, half precision),
-    and few enough rows x KV heads that the folded kernel's tiles would leave most SMs idle."""
+def split_kv_rows(model: PreTrainedModel) -> int:
+    """The largest batch whose decode steps run split-KV (0: none): flash kernels need CUDA and
+    half precision, and the folded kernel is faster once rows x KV heads tiles fill the SMs."""
     import torch
 
     if not is_cuda(model.device) or model.dtype not in (torch.float16, torch.bfloat16):
-        return False
+        return 0
     multiprocessors = torch.cuda.get_device_properties(model.device).multi_processor_count
-    return batch * model.config.num_key_value_heads * SPLIT_KV_SHARE <= multiprocessors
+    return multiprocessors // (model.config.num_key_value_heads * SPLIT_KV_SHARE)
 
 
 def fold(mask: torch.Tensor, groups: int, dtype: torch.dtype) -> torch.Tensor:
@@ -210,6 +210,7 @@ class GraphRuntime:
         self.keyword = cache_keyword(model)
         self.capture = is_cuda(model.device)
         self.capture_s: float | None = 0.0 if self.capture else None
+        self.split_kv_rows = split_kv_rows(model)
         self.graphs: dict[tuple[Any, ...], Captured] = {}
         self.caches: dict[tuple[int, int], Any] = {}  # by (batch, slots)
         self.outputs: dict[tuple[Any, ...], torch.Tensor] = {}  # logits buffers, by shape and dtype
@@ -234,7 +235,7 @@ class GraphRuntime:
         window = valid = cache.context_end(start, start + n) if cache is not None else n
         masked, split = attention == "block_causal", False
         if cache is not None and n == 1:  # a decode step: split-KV over the whole cache, or a masked window
-            split = split_kv_fits(self.model, ids.shape[0])
+            split = ids.shape[0] <= self.split_kv_rows
             window, masked = (cache.capacity, False) if split else (
                 min(cache.capacity, -(-valid // WINDOW_BUCKET) * WINDOW_BUCKET), True)
         key = (tuple(ids.shape), window, masked, split, attention, rows if isinstance(rows, int) else len(rows),

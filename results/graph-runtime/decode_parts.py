@@ -83,11 +83,19 @@ def attention_parts() -> None:
     print(f"flex vs exact-window SDPA: max abs difference {(flex_out - reference).abs().max().item():.3g}")
 
 
+GEMVS = (("qkv", (HEADS + 2 * KV_HEADS) * DIM, HIDDEN), ("o_proj", HIDDEN, HIDDEN), ("gate_up", 2 * INTER, HIDDEN),
+         ("down", HIDDEN, INTER))  # name, rows, columns of a layer's GEMV weights
+
+
+def gemv_operands(rows: int, cols: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """One weight (rows, cols) a layer and a one-token input (1, 1, cols)."""
+    weights = [torch.randn(rows, cols, dtype=DTYPE, device=DEVICE) / cols**0.5 for _ in range(LAYERS)]
+    return weights, torch.randn(1, 1, cols, dtype=DTYPE, device=DEVICE)
+
+
 def gemv_parts() -> None:
-    for name, rows, cols in (("qkv", (HEADS + 2 * KV_HEADS) * DIM, HIDDEN), ("o_proj", HIDDEN, HIDDEN),
-                             ("gate_up", 2 * INTER, HIDDEN), ("down", HIDDEN, INTER)):
-        weights = [torch.randn(rows, cols, dtype=DTYPE, device=DEVICE) / cols**0.5 for _ in range(LAYERS)]
-        inputs = torch.randn(1, 1, cols, dtype=DTYPE, device=DEVICE)
+    for name, rows, cols in GEMVS:
+        weights, inputs = gemv_operands(rows, cols)
         moved = rows * cols * 2
         timed(f"{name} {rows}x{cols}: F.linear", lambda layer: F.linear(inputs, weights[layer]), moved)
         timed(f"{name} {rows}x{cols}: torch.mv", lambda layer: torch.mv(weights[layer], inputs[0, 0]), moved)
@@ -168,10 +176,8 @@ def gemv_choices() -> None:
         return torch.sum(weight.float() * x.float(), dim=-1).to(weight.dtype)
 
     compiled = torch.compile(reduction, dynamic=False, fullgraph=True)
-    for name, rows, cols in (("qkv", (HEADS + 2 * KV_HEADS) * DIM, HIDDEN), ("o_proj", HIDDEN, HIDDEN),
-                             ("gate_up", 2 * INTER, HIDDEN), ("down", HIDDEN, INTER)):
-        weights = [torch.randn(rows, cols, dtype=DTYPE, device=DEVICE) / cols**0.5 for _ in range(LAYERS)]
-        inputs = torch.randn(1, 1, cols, dtype=DTYPE, device=DEVICE)
+    for name, rows, cols in GEMVS:
+        weights, inputs = gemv_operands(rows, cols)
         moved = rows * cols * 2
         timed(f"{name} {rows}x{cols}: F.linear", lambda layer: F.linear(inputs, weights[layer]), moved)
         torch.backends.cuda.preferred_blas_library("cublaslt")
@@ -182,10 +188,8 @@ def gemv_choices() -> None:
               f"{(compiled(inputs[0, 0], weights[0]) - F.linear(inputs, weights[0])[0, 0]).abs().max().item():.3g}")
     inductor_config.coordinate_descent_tuning = True
     tuned = torch.compile(reduction, dynamic=False, fullgraph=True)
-    for name, rows, cols in (("qkv", (HEADS + 2 * KV_HEADS) * DIM, HIDDEN), ("o_proj", HIDDEN, HIDDEN),
-                             ("gate_up", 2 * INTER, HIDDEN), ("down", HIDDEN, INTER)):
-        weights = [torch.randn(rows, cols, dtype=DTYPE, device=DEVICE) / cols**0.5 for _ in range(LAYERS)]
-        inputs = torch.randn(1, 1, cols, dtype=DTYPE, device=DEVICE)
+    for name, rows, cols in GEMVS:
+        weights, inputs = gemv_operands(rows, cols)
         timed(f"{name} {rows}x{cols}: Inductor reduction, tuned", lambda layer: tuned(inputs[0, 0], weights[layer]),
               rows * cols * 2)
 

@@ -19,4 +19,6 @@ def main(source: str, target: str) -> None:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit(f"usage: python {sys.argv[0]} RUN.json OUT.json (got {len(sys.argv) - 1} arguments)")
     main(*sys.argv[1:])
