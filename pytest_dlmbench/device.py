@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,16 @@ def synchronize(device: torch.device) -> None:
         import torch
 
         torch.cuda.synchronize(device)
+
+
+def host_to_device(values: Sequence[int], device: torch.device) -> torch.Tensor:
+    """A host list as a long tensor on `device`, without waiting for the work queued there: a copy
+    from pageable memory blocks the host until the stream has drained; from pinned memory, copied
+    without blocking, it does not (the caching host allocator keeps the source until the copy ran)."""
+    import torch
+
+    host = torch.tensor(values, dtype=torch.long)
+    return host.pin_memory().to(device, non_blocking=True) if is_cuda(device) else host.to(device)
 
 
 def reset_peaks(device: torch.device) -> None:

@@ -5,6 +5,7 @@ runtimes' kernels round differently; the benchmarks save that share as `runtime_
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import pytest
 import torch
@@ -80,3 +81,33 @@ def test_decode_runs_split_kv_at_small_batch(batch, split):
             torch.cuda.synchronize()
     names = [event.key for event in prof.key_averages() if event.device_time_total > 0]
     assert any("splitkv" in name for name in names) == split, names
+
+
+class SyncsUntilResult(ForwardLog):
+    """A log that stops CUDA's synchronisation warnings where the generation reads its result."""
+
+    def result(self, tokens):
+        torch.cuda.set_sync_debug_mode(0)
+        return super().result(tokens)
+
+
+def test_a_fixed_rule_generation_never_waits_for_the_device(built):
+    """Replayed graphs and the commit ops of a generation whose acceptance rule fixes its step
+    count (simulated per-row commits included) are queued without one host synchronisation."""
+    spec, network = built
+    prompt = synthetic_prompts(spec.prompt_vocab_limit, 2, 40, 0, torch.device("cuda"))
+    executor = make_runtime("graphs", network)
+    for strategy in PARADIGMS[spec.paradigm].strategies:
+        if strategy == "parallel+subblock_cache":  # its refresh waits on the sub-block's first position
+            continue
+        paradigm = make_paradigm(spec.paradigm, DecodeOptions(tpf=3.0), strategy)
+        with torch.inference_mode():
+            paradigm.generate(executor, spec, prompt, 64, ForwardLog(RegionTimer(torch.device("cuda"))))  # captures
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                torch.cuda.set_sync_debug_mode("warn")
+                try:
+                    paradigm.generate(executor, spec, prompt, 64, SyncsUntilResult(RegionTimer(torch.device("cuda"))))
+                finally:
+                    torch.cuda.set_sync_debug_mode(0)
+        assert [str(w.message) for w in caught if "synchroniz" in str(w.message)] == [], strategy

@@ -10,7 +10,7 @@ import torch
 
 from helpers import Recorder, new_log, on, prompt
 from pytest_dlmbench.memory_model import predicted_peak_bytes
-from pytest_dlmbench.paradigms import DecodeError, DecodeOptions, make_paradigm
+from pytest_dlmbench.paradigms import DecodeError, DecodeOptions, ForwardLog, make_paradigm
 from pytest_dlmbench.paradigms.base import parallel_acceptance
 from pytest_dlmbench.paradigms.acceptance import Replay, RowTPF, TargetTPF, Threshold, choose
 
@@ -192,3 +192,64 @@ def test_both_fidelities_decode_the_same_tokens_with_more_memory_for_reference(t
     assert torch.equal(results["lean"].tokens, results["reference"].tokens)
     assert results["lean"].nfe == results["reference"].nfe
     assert (peaks["reference"] > peaks["lean"]) == (paradigm != "ar")  # logits everywhere, float64 scoring
+
+
+class DeviceReads:
+    """Where the host reads a tensor's values (on CUDA each read waits for the queued work), while on."""
+
+    METHODS = ("__bool__", "__int__", "__float__", "item", "tolist")
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.on, self.seen = False, []
+        for name in self.METHODS:
+            monkeypatch.setattr(torch.Tensor, name, self.counted(name, getattr(torch.Tensor, name)))
+
+    def counted(self, name, method):
+        def read(tensor, *args):
+            if self.on:
+                self.seen.append(name)
+            return method(tensor, *args)
+
+        return read
+
+
+FIXED_RULES = [("dlm", strategy, options) for strategy in make_paradigm("dlm", DecodeOptions()).strategies
+               for options in (DecodeOptions(block_len=16, tpf=3.0), DecodeOptions(block_len=16, tpf=2.5, tpf_dispersion=0))] + [
+    ("block", "baseline", DecodeOptions()), ("block", "parallel", DecodeOptions(tpf=3.0)),
+    ("dlm", "parallel", DecodeOptions(block_len=16, threshold=1.0))]
+
+
+@pytest.mark.parametrize("runtime", ["eager", "graphs"])
+@pytest.mark.parametrize(("paradigm", "strategy", "options"), [
+    *FIXED_RULES, ("dlm", "parallel", DecodeOptions(block_len=16, threshold=0.004)),
+    ("block", "parallel", DecodeOptions(threshold=0.004)), ("block", "parallel+subblock_cache", DecodeOptions(tpf=3.0))])
+def test_only_the_models_confidences_make_a_step_read_the_device(tiny_dlm, tiny_block, monkeypatch, runtime,
+                                                                 paradigm, strategy, options):
+    """Where the rule fixes a span's forwards, the decoding loop never waits for the device; where
+    the confidences decide (or the sub-block cache's refresh does), each step reads once."""
+    spec, model = tiny_dlm if paradigm == "dlm" else tiny_block
+    reads = DeviceReads(monkeypatch)
+    executor = on(model, runtime)
+    real_forward, real_result = executor.forward, ForwardLog.result
+
+    def forward(*args, **kwargs):  # the runtime's own work is not the loop's
+        reads.on = False
+        try:
+            return real_forward(*args, **kwargs)
+        finally:
+            reads.on = True
+
+    def result(log, tokens):
+        reads.on = False
+        return real_result(log, tokens)
+
+    monkeypatch.setattr(executor, "forward", forward)
+    monkeypatch.setattr(ForwardLog, "result", result)
+    decoder = make_paradigm(paradigm, options, strategy)
+    with torch.inference_mode():
+        reads.on = True
+        generated = decoder.generate(executor, spec, prompt(spec, 2, 40), 64, new_log())
+    assert not (generated.tokens == spec.mask_token_id).any()
+    fixed = (paradigm, strategy, options) in FIXED_RULES
+    assert (reads.seen == []) == fixed, reads.seen
+    assert fixed or len(reads.seen) >= generated.nfe // 2

@@ -3,7 +3,8 @@
 Four rules: a fixed per-step schedule (LLaDA's baseline), a confidence threshold acting on the
 model's real confidences (Fast-dLLM parallel decoding), a simulated tokens-per-forward target
 for random weights, whose confidences say nothing, and the replay of commits a real checkpoint
-made (an acceptance trace). A forward costs the same whichever tokens it commits, so throughput
+made (an acceptance trace). Every rule but the model's confidences fixes how many forwards a span
+takes before it runs (`steps`), so a span's loop need not read the device to know it is done. A forward costs the same whichever tokens it commits, so throughput
 as a function of tokens-per-forward is exact under simulation. Real acceptance differs per
 sequence and a batch forwards until its slowest row is done, so the simulation draws each row's
 commits: 1 + a count with mean tpf - 1 and variance `dispersion` x that mean (0: every row the
@@ -19,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, Union
 
+from pytest_dlmbench.device import host_to_device
 from pytest_dlmbench.paradigms.scoring import Scoring, confidence
 
 if TYPE_CHECKING:
@@ -44,15 +46,40 @@ class Acceptance(Protocol):
 
     def counts(self, masked: int, span: int, batch: int) -> Iterator[Count]: ...
 
+    def steps(self, masked: int, span: int, batch: int) -> int | None:
+        """Forwards until every row has committed its `masked` positions of the span, where the
+        rule alone decides; None where the model's confidences do."""
+        ...
+
+
+def steps_to_commit(counts: Iterator[Count], masked: int, batch: int) -> int:
+    """Forwards until the commits `counts` yields have used up `masked` positions in every row."""
+    left, steps = [masked] * batch, 0
+    while any(left):
+        count = next(counts)
+        per_row = count if isinstance(count, tuple) else (count,) * batch
+        left = [max(0, row_left - row_count) for row_left, row_count in zip(left, per_row)]
+        steps += 1
+    return steps
+
+
+def unfinished(step: int, steps: int | None, span_ids: torch.Tensor, mask_token_id: int) -> bool:
+    """Does the span (batch, n) need another forward? Counted where the rule fixes its `steps` (the
+    host runs ahead of the device); else by looking for a mask, one device synchronisation a step."""
+    return step < steps if steps is not None else bool((span_ids == mask_token_id).any())
+
 
 @dataclass(frozen=True)
 class Schedule:
-    steps: int
+    step_count: int  # forwards per span
     label: str = "fixed"
     threshold: float | None = None
 
     def counts(self, masked: int, span: int, batch: int) -> Iterator[Count]:
-        return iter(linear_schedule(masked, self.steps))
+        return iter(linear_schedule(masked, self.step_count))
+
+    def steps(self, masked: int, span: int, batch: int) -> int | None:
+        return steps_to_commit(self.counts(masked, span, batch), masked, batch)
 
 
 @dataclass(frozen=True)
@@ -62,6 +89,10 @@ class Threshold:
 
     def counts(self, masked: int, span: int, batch: int) -> Iterator[Count]:
         return itertools.repeat(None)
+
+    def steps(self, masked: int, span: int, batch: int) -> int | None:
+        """At 1.0 or above no probability passes, so each forward commits exactly its argmax."""
+        return masked if self.threshold >= 1.0 else None
 
 
 @dataclass(frozen=True)
@@ -75,6 +106,9 @@ class TargetTPF:
 
     def counts(self, masked: int, span: int, batch: int) -> Iterator[Count]:
         return (math.floor((i + 1) * self.tpf) - math.floor(i * self.tpf) for i in itertools.count())
+
+    def steps(self, masked: int, span: int, batch: int) -> int | None:
+        return steps_to_commit(self.counts(masked, span, batch), masked, batch)
 
 
 @dataclass(frozen=True)
@@ -95,6 +129,9 @@ class RowTPF:
             rates = [mean if self.dispersion == 1 or mean == 0 else
                      rng.gammavariate(mean / (self.dispersion - 1), self.dispersion - 1) for _ in range(batch)]
             yield tuple(1 + poisson(rng, rate) for rate in rates)
+
+    def steps(self, masked: int, span: int, batch: int) -> int | None:
+        return steps_to_commit(self.counts(masked, span, batch), masked, batch)
 
 
 def poisson(rng: random.Random, rate: float) -> int:
@@ -123,6 +160,9 @@ class Replay:
             yield tuple(step)
         yield from itertools.repeat((masked,) * batch)
 
+    def steps(self, masked: int, span: int, batch: int) -> int | None:
+        return steps_to_commit(self.counts(masked, span, batch), masked, batch)
+
 
 def choose(confidence: torch.Tensor, count: Count, threshold: float | None) -> torch.Tensor:
     """Which positions to commit. confidence: (batch, n), -inf where nothing is masked."""
@@ -137,11 +177,11 @@ def choose(confidence: torch.Tensor, count: Count, threshold: float | None) -> t
         order = confidence.argsort(dim=-1, descending=True, stable=True)  # (batch, n)
         ranks = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1], device=order.device)
                                                  .expand_as(order).contiguous())
-        return (ranks < torch.tensor(count, device=ranks.device)[:, None]) & masked
-    count = min(count, int(masked.sum(dim=1).min()))
+        return (ranks < host_to_device(count, ranks.device)[:, None]) & masked
     chosen = torch.zeros_like(masked)
-    chosen.scatter_(1, confidence.topk(count, dim=-1).indices, True)  # the `count` most confident
-    return chosen
+    # the `count` most confident; where fewer are masked, the unmasked (-inf) ones fall out
+    chosen.scatter_(1, confidence.topk(min(count, masked.shape[1]), dim=-1).indices, True)
+    return chosen & masked
 
 
 def commit(x_span: torch.Tensor, logits: torch.Tensor, rows: torch.Tensor | None, mask_token_id: int, count: Count,

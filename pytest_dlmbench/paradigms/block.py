@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pytest_dlmbench.core import DEFAULT_FIDELITY
 from pytest_dlmbench.memory_model import Phase, parameter_count
-from pytest_dlmbench.paradigms.acceptance import Acceptance, Threshold, commit
+from pytest_dlmbench.paradigms.acceptance import Acceptance, Threshold, commit, unfinished
 from pytest_dlmbench.paradigms.base import (
     DecodeError,
     DecodeOptions,
@@ -158,8 +158,11 @@ class BlockDiffusionDecoder:
                 # logits for position p come from p - 1 (position `start` is never masked here)
                 shifted = (torch.arange(sub.start, sub.stop, device=x.device) - 1).clamp(min=start)
                 counts = self.acceptance.counts(sub.stop - sub.start, span, batch)
+                # masked: the sub-block's answer positions, but a block's first (the token shift fills it)
+                masked = max(0, sub.stop - max(sub.start, prompt_len) - (sub.start == start >= prompt_len))
+                steps = self.acceptance.steps(masked, span, batch)  # None: the confidences decide
                 step = 0
-                while bool((x[:, sub] == mask_id).any()):
+                while unfinished(step, steps, x[:, sub], mask_id):
                     if resume_blocks is not None and step == 2:  # a probe: later steps repeat these shapes
                         x[:, sub] = x[:, sub].masked_fill(x[:, sub] == mask_id, 0)
                         break

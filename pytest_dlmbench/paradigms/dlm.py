@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pytest_dlmbench.core import DEFAULT_FIDELITY
 from pytest_dlmbench.memory_model import Phase, parameter_count
-from pytest_dlmbench.paradigms.acceptance import Acceptance, Schedule, commit
+from pytest_dlmbench.paradigms.acceptance import Acceptance, Schedule, commit, unfinished
 from pytest_dlmbench.paradigms.base import (
     DecodeError,
     DecodeOptions,
@@ -131,8 +131,9 @@ class MaskedDiffusionDecoder:
         for span, start in enumerate(range(prompt_len, total, self.block_len)):
             end = start + self.block_len
             counts = acceptance.counts(self.block_len, span, batch)
+            steps = acceptance.steps(self.block_len, span, batch)  # None: the confidences decide
             step = 0
-            while bool((x[:, start:end] == mask_id).any()):
+            while unfinished(step, steps, x[:, start:end], mask_id):
                 if self.cache == "none":
                     with log.forward("step", total, total, self.scoring.logit_rows(total, self.block_len)):
                         logits, rows = forward(runtime, x, 0, block_rows + start)  # bidirectional over everything
