@@ -221,7 +221,12 @@ class PointRunner:
             memory, warm_s = MemoryReport(), None
             if settings.warmup == 0 and plan.runtime is not None and plan.runtime.capture_s is not None:
                 progress.phase = "capturing graphs"
-                plan.run_once()  # untimed: capture is never timed, even without warm-up
+                spec, paradigm = plan.decoder
+                # untimed: capture is never timed, even without warm-up; where the logits steer no
+                # shape, each shape runs only when first captured
+                with plan.runtime.skipping_seen_shapes() if paradigm.fixed_shapes(spec, plan.point.gen_len) \
+                        else nullcontext():
+                    plan.run_once()
             for index in range(settings.warmup):
                 progress.phase = f"warm-up {index + 1}/{settings.warmup}"
                 tracker = MemoryTracker(device) if index == 0 else nullcontext()

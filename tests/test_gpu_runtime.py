@@ -111,3 +111,23 @@ def test_a_fixed_rule_generation_never_waits_for_the_device(built):
                 finally:
                     torch.cuda.set_sync_debug_mode(0)
         assert [str(w.message) for w in caught if "synchroniz" in str(w.message)] == [], strategy
+
+
+def test_a_capture_run_skipping_seen_shapes_captures_them_all(built):
+    """Where a paradigm's shapes are fixed, the untimed capture run replays each graph only once;
+    the generation after it captures nothing new and decodes what a runtime never skipped does."""
+    spec, network = built
+    prompt = synthetic_prompts(spec.prompt_vocab_limit, 2, 40, 0, torch.device("cuda"))
+    for strategy in PARADIGMS[spec.paradigm].strategies:
+        paradigm = make_paradigm(spec.paradigm, DecodeOptions(tpf=3.0), strategy)
+        if not paradigm.fixed_shapes(spec, 64):
+            continue
+        skipping, plain = make_runtime("graphs", network), make_runtime("graphs", network)
+        with torch.inference_mode():
+            with skipping.skipping_seen_shapes():
+                paradigm.generate(skipping, spec, prompt, 64, ForwardLog(RegionTimer(torch.device("cuda"))))
+            shapes = len(skipping.graphs)
+            tokens = paradigm.generate(skipping, spec, prompt, 64, ForwardLog(RegionTimer(torch.device("cuda")))).tokens
+            expected = paradigm.generate(plain, spec, prompt, 64, ForwardLog(RegionTimer(torch.device("cuda")))).tokens
+        assert len(skipping.graphs) == shapes, strategy
+        assert torch.equal(tokens, expected), strategy

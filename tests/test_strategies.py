@@ -253,3 +253,41 @@ def test_only_the_models_confidences_make_a_step_read_the_device(tiny_dlm, tiny_
     fixed = (paradigm, strategy, options) in FIXED_RULES
     assert (reads.seen == []) == fixed, reads.seen
     assert fixed or len(reads.seen) >= generated.nfe // 2
+
+
+class SteeringLogits:
+    """A runtime whose forwards return random logits, flat or sharply peaked: whatever the logits
+    steer in a generation changes between the two. Records each forward's call and cache state."""
+
+    def __init__(self, runtime, peak: float) -> None:
+        self.runtime, self.peak, self.calls = runtime, peak, []
+        self.generator = torch.Generator().manual_seed(int(peak))
+
+    def forward(self, ids, start, rows, cache=None, keep=False, **kwargs):
+        self.calls.append((tuple(ids.shape), start, rows if isinstance(rows, int) else tuple(rows.tolist()), keep,
+                           tuple(cache.held) if cache is not None else None, tuple(kwargs.items())))
+        logits = self.runtime.forward(ids, start, rows, cache, keep, **kwargs)
+        return torch.randn(logits.shape, generator=self.generator) * self.peak
+
+    def __getattr__(self, name):
+        return getattr(self.runtime, name)
+
+
+@pytest.mark.parametrize(("paradigm", "strategy"), [(name, strategy) for name in ("ar", "dlm", "block")
+                                                    for strategy in make_paradigm(name, DecodeOptions()).strategies])
+@pytest.mark.parametrize("rule", ["simulated", "confidences"])
+def test_fixed_shapes_are_those_the_logits_do_not_steer(tiny_ar, tiny_dlm, tiny_block, paradigm, strategy, rule):
+    """What lets a capture run skip the forwards it has seen: a paradigm that says its shapes are
+    fixed makes the same forwards, on the same cache, whatever its logits; one that does not, does not."""
+    spec, model = {"ar": tiny_ar, "dlm": tiny_dlm, "block": tiny_block}[paradigm]
+    options = DecodeOptions(block_len=16, tpf=3.0) if rule == "simulated" else DecodeOptions(block_len=16, threshold=0.5)
+    decoder = make_paradigm(paradigm, options, strategy)
+    calls = []
+    for peak in (0.0, 60.0):
+        runtime = SteeringLogits(on(model, "graphs"), peak)
+        with torch.inference_mode():
+            decoder.generate(runtime, spec, prompt(spec, 2, 40), 64, new_log())
+        calls.append(runtime.calls)
+    steered = strategy == "parallel+subblock_cache" or (rule == "confidences" and strategy.endswith("parallel"))
+    assert decoder.fixed_shapes(spec, 64) is not steered
+    assert (calls[0] == calls[1]) is not steered

@@ -48,7 +48,7 @@ class Acceptance(Protocol):
 
     def steps(self, masked: int, span: int, batch: int) -> int | None:
         """Forwards until every row has committed its `masked` positions of the span, where the
-        rule alone decides; None where the model's confidences do."""
+        rule alone decides; None (whatever the arguments) where the model's confidences do."""
         ...
 
 

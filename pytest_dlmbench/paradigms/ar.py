@@ -75,6 +75,9 @@ class AutoregressiveDecoder:
             tokens[:, position] = pick(logits)
         return log.result(tokens)
 
+    def fixed_shapes(self, spec: ModelSpec, gen_len: int) -> bool:
+        return True  # a prefill, then gen_len - 1 one-token steps
+
     def probe(self, runtime: Runtime, spec: ModelSpec, prompt_ids: torch.Tensor, gen_len: int, log: ForwardLog) -> None:
         """The prefill, then the last two decode steps on a cache padded to its final length."""
         batch, prompt_len = prompt_ids.shape

@@ -146,6 +146,11 @@ class Paradigm(Protocol):
         """Reach the generation's peak memory as cheaply as the algorithm allows (OOM probes)."""
         ...
 
+    def fixed_shapes(self, spec: ModelSpec, gen_len: int) -> bool:
+        """Whether the forwards' count and shapes follow from the request alone, never from the
+        logits: then a capture run may skip the forwards it has captured already."""
+        ...
+
 
 def validate_lengths(spec: ModelSpec, prompt_len: int, gen_len: int, batch_size: int) -> None:
     """Checks every paradigm shares: positive sizes that fit the model's positions."""

@@ -112,6 +112,10 @@ class BlockDiffusionDecoder:
         if spec.block_size % subblock:
             raise DecodeError(f"subblock_len={subblock} must divide {spec.name}'s block size {spec.block_size}")
 
+    def fixed_shapes(self, spec: ModelSpec, gen_len: int) -> bool:
+        # the sub-block cache refreshes while the sub-block's first position is masked: the logits decide
+        return not self.subblock_cache and self.acceptance.steps(spec.subblock_size, 0, 1) is not None
+
     def probe(self, runtime: Runtime, spec: ModelSpec, prompt_ids: torch.Tensor, gen_len: int, log: ForwardLog) -> None:
         """The prefill, then the last two blocks on a cache padded to the length they start at, two
         steps per sub-block (the first and a later one; the rest repeat their shapes)."""

@@ -159,6 +159,9 @@ class MaskedDiffusionDecoder:
                 step += 1
         return log.result(x[:, prompt_len:])
 
+    def fixed_shapes(self, spec: ModelSpec, gen_len: int) -> bool:
+        return self.acceptance(gen_len).steps(self.block_len, 0, 1) is not None
+
     def probe(self, runtime: Runtime, spec: ModelSpec, prompt_ids: torch.Tensor, gen_len: int, log: ForwardLog) -> None:
         """Every step has the same shapes (with a cache: the same refresh-then-step pattern per
         block), so the first three forwards reach the peak."""

@@ -11,6 +11,7 @@ may store keys in any order: attention without a mask does not depend on the key
 from __future__ import annotations
 
 import inspect
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
 if TYPE_CHECKING:
@@ -57,6 +58,12 @@ class Runtime(Protocol):
         ("causal" and "block_causal" only on an empty cache; "block_causal" needs `block_size`).
         Returns (batch, rows, vocab), valid until the next forward of this runtime.
         """
+        ...
+
+    def skipping_seen_shapes(self) -> AbstractContextManager[None]:
+        """Inside, a forward of a shape this runtime has captured is not run: it returns the
+        logits its last run left. For untimed capture runs of generations whose forward shapes
+        never depend on the logits (`Paradigm.fixed_shapes`); a no-op where nothing is captured."""
         ...
 
 

@@ -215,6 +215,7 @@ class GraphRuntime:
         self.caches: dict[tuple[int, int], Any] = {}  # by (batch, slots)
         self.outputs: dict[tuple[Any, ...], torch.Tensor] = {}  # logits buffers, by shape and dtype
         self.pool = torch.cuda.graph_pool_handle() if self.capture else None
+        self.skip_seen = False  # see skipping_seen_shapes
         self._cache_class = static_cache_class()
 
     def new_cache(self, batch: int, capacity: int) -> Any:
@@ -261,14 +262,24 @@ class GraphRuntime:
         if not self.capture:
             logits = self._run(captured, cache, attention)
         else:
-            if captured.graph is None:
+            seen = captured.graph is not None
+            if not seen:
                 self._capture(captured, cache, attention)
                 self.graphs[key] = captured
-            captured.graph.replay()
+            if not (seen and self.skip_seen):  # a new graph runs once, so its logits are real ones
+                captured.graph.replay()
             logits = captured.logits
         if cache is not None and keep:
             cache.keep(start, start + n)
         return logits
+
+    @contextmanager
+    def skipping_seen_shapes(self) -> Iterator[None]:
+        self.skip_seen = True
+        try:
+            yield
+        finally:
+            self.skip_seen = False
 
     def _run(self, captured: Captured, cache: Any, attention: str) -> torch.Tensor:
         """transformers' model forward on the captured inputs, its layers run as fused.py's steps."""
