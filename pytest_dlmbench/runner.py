@@ -222,11 +222,9 @@ class PointRunner:
             if settings.warmup == 0 and plan.runtime is not None and plan.runtime.capture_s is not None:
                 progress.phase = "capturing graphs"
                 spec, paradigm = plan.decoder
-                # untimed: capture is never timed, even without warm-up; where the logits steer no
-                # shape, each shape runs only when first captured
-                with plan.runtime.skipping_seen_shapes() if paradigm.fixed_shapes(spec, plan.point.gen_len) \
-                        else nullcontext():
-                    plan.run_once()
+                fixed = paradigm.fixed_shapes(spec, plan.point.gen_len)  # then a shape runs only when captured
+                with plan.runtime.skipping_seen_shapes() if fixed else nullcontext():
+                    plan.run_once()  # untimed: capture is never timed, even without warm-up
             for index in range(settings.warmup):
                 progress.phase = f"warm-up {index + 1}/{settings.warmup}"
                 tracker = MemoryTracker(device) if index == 0 else nullcontext()

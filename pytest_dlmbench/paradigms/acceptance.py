@@ -3,12 +3,13 @@
 Four rules: a fixed per-step schedule (LLaDA's baseline), a confidence threshold acting on the
 model's real confidences (Fast-dLLM parallel decoding), a simulated tokens-per-forward target
 for random weights, whose confidences say nothing, and the replay of commits a real checkpoint
-made (an acceptance trace). Every rule but the model's confidences fixes how many forwards a span
-takes before it runs (`steps`), so a span's loop need not read the device to know it is done. A forward costs the same whichever tokens it commits, so throughput
+made (an acceptance trace). A forward costs the same whichever tokens it commits, so throughput
 as a function of tokens-per-forward is exact under simulation. Real acceptance differs per
 sequence and a batch forwards until its slowest row is done, so the simulation draws each row's
 commits: 1 + a count with mean tpf - 1 and variance `dispersion` x that mean (0: every row the
-running mean, 1: Poisson, above: negative binomial), seeded per span.
+running mean, 1: Poisson, above: negative binomial), seeded per span. Every rule but the model's
+confidences fixes a span's forward count before it runs (`steps`), so the span's loop need not
+read the device to know it is done.
 """
 
 from __future__ import annotations
@@ -52,15 +53,20 @@ class Acceptance(Protocol):
         ...
 
 
-def steps_to_commit(counts: Iterator[Count], masked: int, batch: int) -> int:
-    """Forwards until the commits `counts` yields have used up `masked` positions in every row."""
-    left, steps = [masked] * batch, 0
-    while any(left):
-        count = next(counts)
-        per_row = count if isinstance(count, tuple) else (count,) * batch
-        left = [max(0, row_left - row_count) for row_left, row_count in zip(left, per_row)]
-        steps += 1
-    return steps
+class Counted:
+    """A rule whose commits never depend on the logits: its forwards per span are known up front."""
+
+    def counts(self, masked: int, span: int, batch: int) -> Iterator[Count]: ...
+
+    def steps(self, masked: int, span: int, batch: int) -> int | None:
+        """Forwards until the commits `counts` yields have used up `masked` positions in every row."""
+        counts, left, steps = self.counts(masked, span, batch), [masked] * batch, 0
+        while any(left):
+            count = next(counts)
+            per_row = count if isinstance(count, tuple) else (count,) * batch
+            left = [max(0, row_left - row_count) for row_left, row_count in zip(left, per_row)]
+            steps += 1
+        return steps
 
 
 def unfinished(step: int, steps: int | None, span_ids: torch.Tensor, mask_token_id: int) -> bool:
@@ -70,16 +76,13 @@ def unfinished(step: int, steps: int | None, span_ids: torch.Tensor, mask_token_
 
 
 @dataclass(frozen=True)
-class Schedule:
+class Schedule(Counted):
     step_count: int  # forwards per span
     label: str = "fixed"
     threshold: float | None = None
 
     def counts(self, masked: int, span: int, batch: int) -> Iterator[Count]:
         return iter(linear_schedule(masked, self.step_count))
-
-    def steps(self, masked: int, span: int, batch: int) -> int | None:
-        return steps_to_commit(self.counts(masked, span, batch), masked, batch)
 
 
 @dataclass(frozen=True)
@@ -96,7 +99,7 @@ class Threshold:
 
 
 @dataclass(frozen=True)
-class TargetTPF:
+class TargetTPF(Counted):
     """Every row commits k_i = floor((i + 1) * tpf) - floor(i * tpf): the running mean is `tpf`."""
 
     tpf: float
@@ -107,12 +110,9 @@ class TargetTPF:
     def counts(self, masked: int, span: int, batch: int) -> Iterator[Count]:
         return (math.floor((i + 1) * self.tpf) - math.floor(i * self.tpf) for i in itertools.count())
 
-    def steps(self, masked: int, span: int, batch: int) -> int | None:
-        return steps_to_commit(self.counts(masked, span, batch), masked, batch)
-
 
 @dataclass(frozen=True)
-class RowTPF:
+class RowTPF(Counted):
     """Each row commits 1 + a draw of mean tpf - 1 and variance dispersion x (tpf - 1) per step;
     the draws depend only on (seed, span), so every generation of a point commits alike."""
 
@@ -130,9 +130,6 @@ class RowTPF:
                      rng.gammavariate(mean / (self.dispersion - 1), self.dispersion - 1) for _ in range(batch)]
             yield tuple(1 + poisson(rng, rate) for rate in rates)
 
-    def steps(self, masked: int, span: int, batch: int) -> int | None:
-        return steps_to_commit(self.counts(masked, span, batch), masked, batch)
-
 
 def poisson(rng: random.Random, rate: float) -> int:
     """A Poisson draw by counting uniform products (Knuth; rates here are a few tokens)."""
@@ -144,7 +141,7 @@ def poisson(rng: random.Random, rate: float) -> int:
 
 
 @dataclass(frozen=True)
-class Replay:
+class Replay(Counted):
     """The commits a real checkpoint made, per (span, step, row); a span longer than its trace
     commits everything left at its next step."""
 
@@ -159,9 +156,6 @@ class Replay:
                 raise ValueError(f"the acceptance trace has {len(step)} rows per step; this batch has {batch}")
             yield tuple(step)
         yield from itertools.repeat((masked,) * batch)
-
-    def steps(self, masked: int, span: int, batch: int) -> int | None:
-        return steps_to_commit(self.counts(masked, span, batch), masked, batch)
 
 
 def choose(confidence: torch.Tensor, count: Count, threshold: float | None) -> torch.Tensor:

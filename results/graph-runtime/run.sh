@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Graph-runtime measurements on the GPU. Usage, from the repository root:
+#   OUT=folder results/graph-runtime/run.sh gpu             # the GPU tests, then per-forward profiles
 #   OUT=folder results/graph-runtime/run.sh aa NAME        # one run of the A/A pair under graphs
+#   OUT=folder results/graph-runtime/run.sh aa-dlm920 NAME # its dlm batch-16 prompt-920 point (2.6 min a round)
 #   OUT=folder results/graph-runtime/run.sh grid PROMPT     # B=1 grid and strategy table, both runtimes
 #   OUT=folder results/graph-runtime/run.sh agree           # equal-token shares, both runtimes, both prompts
 #   OUT=folder results/graph-runtime/run.sh batch           # the batch sweep (4, 16) at gen 256, both runtimes
@@ -20,10 +22,19 @@ warmup() {  # RUNTIME -> warm-up rounds: graphs capture in an untimed run of the
   if [ "$1" = graphs ]; then echo 0; else echo 1; fi
 }
 case $1 in
-  aa)  # ar, dlm, block; p40, p920; g256; B 1 (all) and 16 (ar, block: dlm at batch 16 costs minutes a round)
-    run "$2-b1" --dlm-gen=256 --dlm-batch=1 --dlm-rounds=4
-    run "$2-b16" --dlm-gen=256 --dlm-batch=16 --dlm-paradigms=ar,block --dlm-rounds=4
-    dlmbench merge "$OUT/$2-b1.json" "$OUT/$2-b16.json" --out "$OUT/$2.json" ;;
+  gpu)
+    python -m pytest -q -p no:cacheprovider tests/test_gpu_kernels.py tests/test_gpu_runtime.py >"$OUT/gpu-tests.txt" 2>&1
+    echo "gpu tests rc=$?" | tee -a "$OUT/walltime.txt"
+    python results/graph-runtime/profile_forward.py >"$OUT/profile.txt" 2>&1
+    echo "profile rc=$?" | tee -a "$OUT/walltime.txt" ;;
+  aa)  # ar, dlm, block; p40, p920; g256; B 1 and 16 (dlm at p920: aa-dlm920); capture in an untimed run
+    run "$2-b1" --dlm-gen=256 --dlm-batch=1 --dlm-rounds=4 --dlm-warmup=0
+    run "$2-b16" --dlm-gen=256 --dlm-batch=16 --dlm-paradigms=ar,block --dlm-rounds=4 --dlm-warmup=0
+    run "$2-b16-dlm" --dlm-gen=256 --dlm-batch=16 --dlm-paradigms=dlm --dlm-prompt=40 --dlm-rounds=3 --dlm-warmup=0
+    dlmbench merge "$OUT/$2-b1.json" "$OUT/$2-b16.json" "$OUT/$2-b16-dlm.json" --out "$OUT/$2.json" ;;
+  aa-dlm920)
+    run "$2-b16-dlm920" --dlm-gen=256 --dlm-batch=16 --dlm-paradigms=dlm --dlm-prompt=920 --dlm-rounds=2 \
+      --dlm-warmup=0 ;;
   grid)  # every strategy, gen 64 and 256, batch 1, each point under graphs then eager (point_wall_s: each's time)
     run "grid-p$2" --dlm-prompt="$2" --dlm-gen=64,256 --dlm-batch=1 --dlm-strategies=all --dlm-runtime=all \
       --dlm-rounds=2 ;;
