@@ -4,6 +4,7 @@ cache argument; bad requests are refused."""
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import pytest
@@ -145,3 +146,53 @@ def test_the_graphs_runtime_names_a_bias_it_cannot_run():
     with pytest.raises(ValueError, match="layer 1's down_proj has a bias; the graphs runtime allows biases on "
                                          "q_proj, k_proj and v_proj only"):
         make_runtime("graphs", model)
+
+
+class RecordedForward:
+    """Stands in for a CUDA graph on the CPU: a replay reruns the forward it was captured from."""
+
+    def __init__(self, run) -> None:
+        self.run, self.replays = run, 0
+
+    def replay(self) -> None:
+        self.replays += 1
+        self.run()
+
+
+def captured_on_cpu(model, monkeypatch):
+    """The graphs runtime as on CUDA (every shape captured once, then replayed), with graphs that
+    rerun their forward uncompiled."""
+    from pytest_dlmbench.runtimes import graphs
+
+    monkeypatch.setattr(graphs, "COMPILE", False)
+    runtime = make_runtime("graphs", model)
+    runtime.capture = True
+
+    def capture(captured, cache, attention):
+        captured.logits = torch.empty_like(runtime._run(captured, cache, attention))
+        captured.graph = RecordedForward(lambda: captured.logits.copy_(runtime._run(captured, cache, attention)))
+
+    runtime._capture = capture
+    return runtime
+
+
+@pytest.mark.parametrize(("paradigm", "strategy"), CASES)
+def test_a_capture_run_that_skips_seen_shapes_leaves_nothing_to_capture(models, monkeypatch, paradigm, strategy):
+    """As the runner does at warm-up 0: where a paradigm's shapes are fixed, the capture run runs
+    each graph once, when captured; the generation after it captures nothing new and gives the
+    tokens of a runtime that never skipped."""
+    spec, model = models[paradigm]
+    decoder = make_paradigm(paradigm, DecodeOptions(block_len=16, tpf=2.5), strategy)
+    ids = prompt(spec, 2, 40)
+    skipping, plain = captured_on_cpu(model, monkeypatch), captured_on_cpu(model, monkeypatch)
+    fixed = decoder.fixed_shapes(spec, 64)
+    with torch.inference_mode():
+        with skipping.skipping_seen_shapes() if fixed else contextlib.nullcontext():
+            decoder.generate(skipping, spec, ids, 64, new_log())
+        shapes = set(skipping.graphs)
+        replays = sum(captured.graph.replays for captured in skipping.graphs.values())
+        timed = decoder.generate(skipping, spec, ids, 64, new_log())
+        expected = decoder.generate(plain, spec, ids, 64, new_log())
+    assert set(skipping.graphs) == shapes
+    assert (replays == len(shapes)) is fixed  # else the capture run replayed every forward
+    assert torch.equal(timed.tokens, expected.tokens) and timed.nfe == expected.nfe
