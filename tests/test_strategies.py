@@ -213,8 +213,9 @@ class DeviceReads:
         return read
 
 
+COUNTED = (DecodeOptions(block_len=16, tpf=3.0), DecodeOptions(block_len=16, tpf=2.5, tpf_dispersion=0))
 FIXED_RULES = [("dlm", strategy, options) for strategy in make_paradigm("dlm", DecodeOptions()).strategies
-               for options in (DecodeOptions(block_len=16, tpf=3.0), DecodeOptions(block_len=16, tpf=2.5, tpf_dispersion=0))] + [
+               for options in COUNTED] + [
     ("block", "baseline", DecodeOptions()), ("block", "parallel", DecodeOptions(tpf=3.0)),
     ("dlm", "parallel", DecodeOptions(block_len=16, threshold=1.0))]
 
