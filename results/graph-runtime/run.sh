@@ -6,7 +6,7 @@
 #   OUT=folder results/graph-runtime/run.sh grid PROMPT     # B=1 grid and strategy table, both runtimes
 #   OUT=folder results/graph-runtime/run.sh agree           # equal-token shares, both runtimes, both prompts
 #   OUT=folder results/graph-runtime/run.sh batch           # the batch sweep (4, 16) at gen 256, both runtimes
-#   OUT=folder results/graph-runtime/run.sh b1 RUNTIME      # batch 1 under RUNTIME: every strategy at gen 64/256
+#   OUT=folder results/graph-runtime/run.sh b1 RUNTIME [PROMPT]     # batch 1 under RUNTIME: every strategy at gen 64/256
 #   OUT=folder results/graph-runtime/run.sh g1024 RUNTIME [PROMPT]  # the gen-1024 points at batch 1 under RUNTIME, one round
 #   OUT=folder results/graph-runtime/run.sh sweep RUNTIME PROMPT BATCHES PARADIGMS  # batch points at gen 256, one round
 # Each invocation's wall time is printed and kept in OUT/walltime.txt; each point saves point_wall_s
@@ -43,8 +43,8 @@ case $1 in
   batch)
     run batch --dlm-gen=256 --dlm-batch=4,16 --dlm-prompt=40 --dlm-runtime=all --dlm-rounds=2 ;;
   b1)
-    run "b1-strategies-$2" --dlm-gen=64,256 --dlm-batch=1 --dlm-strategies=all --dlm-runtime="$2" --dlm-rounds=2 \
-      --dlm-warmup="$(warmup "$2")" ;;
+    run "b1-strategies-$2${3:+-p$3}" --dlm-gen=64,256 --dlm-batch=1 --dlm-strategies=all --dlm-runtime="$2" \
+      --dlm-rounds=2 --dlm-warmup="$(warmup "$2")" ${3:+--dlm-prompt="$3"} ;;
   g1024)
     run "g1024-$2${3:+-p$3}" --dlm-gen=1024 --dlm-batch=1 --dlm-runtime="$2" --dlm-rounds=1 \
       --dlm-warmup="$(warmup "$2")" ${3:+--dlm-prompt="$3"} ;;
