@@ -100,6 +100,29 @@ def paradigm_order(points: list[dict[str, Any]]) -> str | None:
                     tablefmt="github") if rows else None
 
 
+WALL_TIME_HEADERS = ("run", "runtime", "points", "wall s", "capture s", "wall / eager's")
+
+
+def wall_time_table(points: list[dict[str, Any]]) -> str | None:
+    """Per run and runtime, the points' summed `point_wall_s` (start-up, capture, warm-up and rounds):
+    what a grid costs to measure under each runtime, and graphs' cost against eager's on the same points."""
+    times: dict[tuple[str, str], dict[tuple[Any, ...], tuple[float, float]]] = {}  # (run, runtime) -> point -> (wall, capture)
+    for p in points:
+        if p.get("point_wall_s") is not None:
+            point = (p["paradigm"], p.get("strategy", "baseline"), p["model"], p["fidelity"], p["prompt_len"],
+                     p["gen_len"], p["batch_size"])
+            times.setdefault((p["run"], p["runtime"]), {})[point] = (p["point_wall_s"], p.get("capture_s") or 0.0)
+    rows = []
+    for (run, runtime), timed in sorted(times.items()):
+        eager = times.get((run, "eager"), {})
+        shared = [point for point in timed if point in eager]  # the ratio covers points measured under both only
+        ratio = (sum(timed[point][0] for point in shared) / sum(eager[point][0] for point in shared)
+                 if shared and runtime != "eager" else None)
+        rows.append((run, runtime, len(timed), sum(wall for wall, _ in timed.values()),
+                     sum(capture for _, capture in timed.values()), ratio))
+    return tabulate(rows, headers=WALL_TIME_HEADERS, tablefmt="github", floatfmt=".3g", missingval="-") if rows else None
+
+
 @contextmanager
 def _figure(path: Path, **subplots: Any) -> Iterator[tuple[Any, Any]]:
     """A headless matplotlib figure, laid out and saved to `path` as PNG when the block ends."""
@@ -241,6 +264,9 @@ def write_report(run_paths: list[str], out: str | Path) -> list[Path]:
         ("Host tax: eager against graphs", host_tax_table(points),
          "Points measured under both runtimes; capture s is never timed; equal tokens: the share of tokens equal "
          "under both runtimes (bf16 kernels differ, so ties can break differently)."),
+        ("Wall time by runtime", wall_time_table(points),
+         "Each point's start-up, capture, warm-up and rounds, summed; wall / eager's: over the points measured under "
+         "both runtimes in the run."),
     ):
         if table is not None:
             lines += ["", f"## {title}", "", table, "", note]

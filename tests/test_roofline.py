@@ -134,3 +134,19 @@ def test_the_paper_closed_form_is_given_for_uncached_forwards_only():
     block = get_spec("fast-dllm-v2-7b")
     assert make_paradigm("block", DecodeOptions(tpf=3.0), "parallel+subblock_cache").paper_arithmetic_intensity(
         block, 920, 256, 16) is None
+
+
+def test_wall_time_table_sums_each_runtime_and_compares_shared_points_only():
+    from pytest_dlmbench.report import wall_time_table
+
+    def point(runtime: str, paradigm: str, wall: float, capture: float | None = None) -> dict:
+        return {"run": "grid", "runtime": runtime, "paradigm": paradigm, "model": "m", "fidelity": "reference",
+                "prompt_len": 40, "gen_len": 64, "batch_size": 1, "point_wall_s": wall, "capture_s": capture}
+
+    table = wall_time_table([point("eager", "ar", 10.0), point("eager", "dlm", 30.0), point("graphs", "ar", 4.0, 1.5),
+                             point("graphs", "block", 100.0, 2.0)])
+    rows = {line.split("|")[2].strip(): [cell.strip() for cell in line.split("|")[3:7]]
+            for line in table.splitlines()[2:]}
+    assert rows["eager"] == ["2", "40", "0", "-"]
+    assert rows["graphs"] == ["2", "104", "3.5", "0.4"]  # block has no eager twin: 4 s against ar's 10 s
+    assert wall_time_table([{**point("eager", "ar", 1.0), "point_wall_s": None}]) is None
