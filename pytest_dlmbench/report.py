@@ -71,11 +71,16 @@ HOST_TAX_HEADERS = ("paradigm", "strategy", "fidelity", "model", "prompt", "gen"
                     "speed-up", "eager ms/forward", "graphs ms/forward", "capture s", "equal tokens")
 
 
+def _point_axes(p: dict[str, Any]) -> tuple[Any, ...]:
+    """What names a point apart from its run and runtime, in the host-tax table's column order."""
+    return (p["paradigm"], p.get("strategy", "baseline"), p["fidelity"], p["model"], p["prompt_len"], p["gen_len"],
+            p["batch_size"])
+
+
 def host_tax_table(points: list[dict[str, Any]]) -> str | None:
     """Each point measured under both eager and graphs (in any of the runs): what the host costs."""
     done = [p for p in points if p.get("status", "ok") == "ok" and p.get("tokens_per_s")]
-    by_runtime = {(p["runtime"], p["paradigm"], p.get("strategy", "baseline"), p["fidelity"], p["model"],
-                   p["prompt_len"], p["gen_len"], p["batch_size"]): p for p in done}
+    by_runtime = {(p["runtime"], *_point_axes(p)): p for p in done}
     rows = []
     for (runtime, *key), graphs in sorted(by_runtime.items(), key=lambda item: str(item[0])):
         eager = by_runtime.get(("eager", *key))
@@ -106,12 +111,12 @@ WALL_TIME_HEADERS = ("run", "runtime", "points", "wall s", "capture s", "wall / 
 def wall_time_table(points: list[dict[str, Any]]) -> str | None:
     """Per run and runtime, the points' summed `point_wall_s` (start-up, capture, warm-up and rounds):
     what a grid costs to measure under each runtime, and graphs' cost against eager's on the same points."""
-    times: dict[tuple[str, str], dict[tuple[Any, ...], tuple[float, float]]] = {}  # (run, runtime) -> point -> (wall, capture)
+    # (run, runtime) -> point -> (wall, capture)
+    times: dict[tuple[str, str], dict[tuple[Any, ...], tuple[float, float]]] = {}
     for p in points:
         if p.get("point_wall_s") is not None:
-            point = (p["paradigm"], p.get("strategy", "baseline"), p["model"], p["fidelity"], p["prompt_len"],
-                     p["gen_len"], p["batch_size"])
-            times.setdefault((p["run"], p["runtime"]), {})[point] = (p["point_wall_s"], p.get("capture_s") or 0.0)
+            times.setdefault((p["run"], p["runtime"]), {})[_point_axes(p)] = (p["point_wall_s"],
+                                                                               p.get("capture_s") or 0.0)
     rows = []
     for (run, runtime), timed in sorted(times.items()):
         eager = times.get((run, "eager"), {})
