@@ -130,19 +130,47 @@ def wall_time_table(points: list[dict[str, Any]]) -> str | None:
 
 @contextmanager
 def _figure(path: Path, **subplots: Any) -> Iterator[tuple[Any, Any]]:
-    """A headless matplotlib figure, laid out and saved to `path` as PNG when the block ends."""
+    """A headless matplotlib figure saved to `path` as PNG when the block ends, with one legend for all
+    its panels outside them, so a grid of 18 series hides no point."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(**subplots)
+    figure, axes = plt.subplots(layout="constrained", **subplots)
     try:
         yield figure, axes
-        figure.tight_layout()
+        legend: dict[str, Any] = {}
+        for axis in figure.axes:
+            for handle, label in zip(*axis.get_legend_handles_labels()):
+                legend.setdefault(label, handle)
+        if legend:
+            figure.legend(legend.values(), legend.keys(), loc="outside right upper", fontsize=8)
         figure.savefig(path, dpi=120)
     finally:
         plt.close(figure)
+
+
+def series_styles(labels: set[str]) -> dict[str, dict[str, Any]]:
+    """One colour per paradigm and strategy, one line style and marker per runtime (or other varying
+    axis, the label's bracket), so that a runtime's pair of series reads as one colour."""
+    from matplotlib import colormaps
+
+    def split(label: str) -> tuple[str, str]:
+        base, _, axes = label.partition(" [")
+        return base, axes
+
+    bases = sorted({split(label)[0] for label in labels})
+    variants = sorted({split(label)[1] for label in labels})
+    colours = colormaps["tab10" if len(bases) <= 10 else "tab20"].colors
+    lines, markers = ["-", "--", ":", "-."], ["o", "s", "^", "D"]
+    styles = {}
+    for label in labels:
+        base, variant = split(label)
+        index = variants.index(variant)
+        styles[label] = {"color": colours[bases.index(base) % len(colours)],
+                         "linestyle": lines[index % len(lines)], "marker": markers[index % len(markers)]}
+    return styles
 
 
 def _integer_ticks(axis: Any, values: list[int]) -> None:
@@ -157,14 +185,15 @@ def _integer_ticks(axis: Any, values: list[int]) -> None:
 def _sweep_figure(points: list[dict[str, Any]], runs: int, x_key: str, title: str, path: Path) -> None:
     """Throughput against `x_key`, one panel per prompt length; OOM points drawn as red crosses."""
     prompts = sorted({p["prompt_len"] for p in points})
-    with _figure(path, nrows=1, ncols=len(prompts), figsize=(6 * len(prompts), 4.5), squeeze=False) as (figure, axes):
+    styles = series_styles({_series_label(p, runs) for p in points})
+    with _figure(path, nrows=1, ncols=len(prompts), figsize=(6 * len(prompts) + 3, 4.5), squeeze=False) as (figure, axes):
         for axis, prompt_len in zip(axes[0], prompts):
             chosen = [p for p in points if p["prompt_len"] == prompt_len]
             for label in sorted({_series_label(p, runs) for p in chosen}):
                 series = sorted((p for p in chosen if _series_label(p, runs) == label), key=lambda p: p[x_key])
                 done = [p for p in series if p.get("status", "ok") == "ok"]
                 if done:
-                    axis.plot([p[x_key] for p in done], [p["tokens_per_s"] for p in done], marker="o", label=label)
+                    axis.plot([p[x_key] for p in done], [p["tokens_per_s"] for p in done], label=label, **styles[label])
                 failed = [p for p in series if p.get("status") == "oom"]
                 if failed:
                     floor = min((p["tokens_per_s"] for p in done), default=1.0)
@@ -174,51 +203,64 @@ def _sweep_figure(points: list[dict[str, Any]], runs: int, x_key: str, title: st
                      title=f"prompt {prompt_len}")
             _integer_ticks(axis, sorted({p[x_key] for p in chosen}))
             axis.grid(True, which="both", alpha=0.3)
-            if axis.get_legend_handles_labels()[0]:
-                axis.legend(fontsize=8)
         figure.suptitle(title)
 
 
-def _speedup_figure(points: list[dict[str, Any]], runs: int, path: Path) -> bool:
-    """Each strategy's throughput over its paradigm's baseline at the same point, against batch size."""
+def strategy_speedups(points: list[dict[str, Any]], runs: int) -> tuple[str, dict[tuple[str, int], list[tuple[int, float]]]]:
+    """Each strategy's throughput over its paradigm's baseline at the same point, per (series, prompt),
+    against batch size, or against generation length where the strategies ran at one batch size (the
+    batch-1 strategy table); the other of the two joins the series label where it varies."""
     def shape(p: dict[str, Any]) -> tuple[Any, ...]:
         return (p["run"], p["runtime"], p["fidelity"], p["paradigm"], p["model"], p["prompt_len"], p["gen_len"],
                 p["batch_size"])
 
     baseline = {shape(p): p for p in points if p.get("strategy", "baseline") == "baseline" and p.get("tokens_per_s")}
+    measured = [p for p in points if p.get("strategy", "baseline") != "baseline" and p.get("tokens_per_s")
+                and shape(p) in baseline]
+    x_key, other_key = (("batch_size", "gen_len") if len({p["batch_size"] for p in measured}) > 1
+                        else ("gen_len", "batch_size"))
+    other_varies = len({p[other_key] for p in measured}) > 1
     ratios: dict[tuple[str, int], list[tuple[int, float]]] = {}
-    for p in points:
-        key = shape(p)
-        if p.get("strategy", "baseline") != "baseline" and p.get("tokens_per_s") and key in baseline:
-            ratios.setdefault((_series_label(p, runs), p["prompt_len"]), []).append(
-                (p["batch_size"], p["tokens_per_s"] / baseline[key]["tokens_per_s"]))
+    for p in measured:
+        label = _series_label(p, runs) + (f" · {other_key.split('_')[0]} {p[other_key]}" if other_varies else "")
+        ratios.setdefault((label, p["prompt_len"]), []).append(
+            (p[x_key], p["tokens_per_s"] / baseline[shape(p)]["tokens_per_s"]))
+    for values in ratios.values():
+        values.sort()
+    return x_key, ratios
+
+
+def _speedup_figure(points: list[dict[str, Any]], runs: int, path: Path) -> bool:
+    """The strategy speed-ups, one panel per prompt length; False (no file) where no strategy ran."""
+    x_key, ratios = strategy_speedups(points, runs)
     if not ratios:
         return False
     prompts = sorted({prompt for _, prompt in ratios})
-    with _figure(path, nrows=1, ncols=len(prompts), figsize=(6 * len(prompts), 4.5), squeeze=False) as (figure, axes):
+    styles = series_styles({label for label, _ in ratios})
+    x_name = x_key.replace("_", " ").replace("len", "length")
+    with _figure(path, nrows=1, ncols=len(prompts), figsize=(6 * len(prompts) + 3, 4.5), squeeze=False) as (figure, axes):
         for axis, prompt_len in zip(axes[0], prompts):
             for (label, prompt), values in sorted(ratios.items()):
                 if prompt == prompt_len:
-                    values.sort()
-                    axis.plot([b for b, _ in values], [r for _, r in values], marker="o", label=label)
+                    axis.plot([x for x, _ in values], [r for _, r in values], label=label, **styles[label])
             axis.axhline(1.0, color="grey", linestyle="--", linewidth=1)
-            axis.set(xscale="log", xlabel="batch size", ylabel="speed-up over baseline", title=f"prompt {prompt_len}")
-            _integer_ticks(axis, sorted({b for (_, prompt), values in ratios.items() if prompt == prompt_len
-                                         for b, _ in values}))
+            axis.set(xscale="log", xlabel=x_name, ylabel="speed-up over baseline", title=f"prompt {prompt_len}")
+            _integer_ticks(axis, sorted({x for (_, prompt), values in ratios.items() if prompt == prompt_len
+                                         for x, _ in values}))
             axis.grid(True, which="both", alpha=0.3)
-            axis.legend(fontsize=8)
-        figure.suptitle("Strategy speed-ups vs batch size")
+        figure.suptitle(f"Strategy speed-ups vs {x_name}")
     return True
 
 
 def _roofline_figure(points: list[dict[str, Any]], runs: int, path: Path) -> None:
     """Every point at (arithmetic intensity, achieved TFLOP/s), under its device's roofs."""
-    with _figure(path, figsize=(7.5, 5.5)) as (_, axis):
+    with _figure(path, figsize=(10.5, 5.5)) as (_, axis):
         measured = [p for p in points if p.get("achieved_tflops") and p.get("arithmetic_intensity")]
-        for label in sorted({_series_label(p, runs) for p in measured}):
+        styles = series_styles({_series_label(p, runs) for p in measured})
+        for label in sorted(styles):
             chosen = [p for p in measured if _series_label(p, runs) == label]
             axis.scatter([p["arithmetic_intensity"] for p in chosen], [p["achieved_tflops"] for p in chosen],
-                         label=label, s=25)
+                         label=label, s=25, color=styles[label]["color"], marker=styles[label]["marker"])
         intensities = [p["arithmetic_intensity"] for p in measured] or [1.0]
         low, high = min(intensities) / 4, max(intensities) * 4
         for tflops, gbps in sorted({(p["peak_tflops"], p["peak_gbps"]) for p in measured if p.get("peak_tflops")}):
@@ -229,8 +271,6 @@ def _roofline_figure(points: list[dict[str, Any]], runs: int, path: Path) -> Non
         axis.set(xscale="log", yscale="log", xlabel="arithmetic intensity (FLOP/byte)", ylabel="achieved TFLOP/s",
                  title="Roofline")
         axis.grid(True, which="both", alpha=0.3)
-        if axis.get_legend_handles_labels()[0]:
-            axis.legend(fontsize=7)
 
 
 def write_report(run_paths: list[str], out: str | Path) -> list[Path]:

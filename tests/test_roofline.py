@@ -150,3 +150,41 @@ def test_wall_time_table_sums_each_runtime_and_compares_shared_points_only():
     assert rows["eager"] == ["2", "40", "0", "-"]
     assert rows["graphs"] == ["2", "104", "3.5", "0.4"]  # block has no eager twin: 4 s against ar's 10 s
     assert wall_time_table([{**point("eager", "ar", 1.0), "point_wall_s": None}]) is None
+
+
+def _grid_point(runtime: str, strategy: str, gen: int, batch: int, tokens_per_s: float) -> dict:
+    return {"run": "grid", "runtime": runtime, "paradigm": "dlm", "strategy": strategy, "model": "m",
+            "fidelity": "reference", "prompt_len": 40, "gen_len": gen, "batch_size": batch,
+            "tokens_per_s": tokens_per_s, "label": f"dlm+{strategy} [{runtime}]"}
+
+
+def test_strategy_speedups_run_along_gen_length_when_the_strategies_ran_at_one_batch_size():
+    from pytest_dlmbench.report import strategy_speedups
+
+    points = [_grid_point(runtime, strategy, gen, 1, rate) for runtime, scale in (("eager", 1), ("graphs", 4))
+              for gen in (64, 256) for strategy, rate in (("baseline", 10.0 * scale), ("parallel", gen / 8 * scale))]
+    x_key, ratios = strategy_speedups(points, runs=1)
+    assert x_key == "gen_len"
+    assert ratios == {("dlm+parallel [eager]", 40): [(64, 0.8), (256, 3.2)],
+                      ("dlm+parallel [graphs]", 40): [(64, 0.8), (256, 3.2)]}
+
+
+def test_strategy_speedups_run_along_batch_size_with_each_gen_length_its_own_series():
+    from pytest_dlmbench.report import strategy_speedups
+
+    points = [_grid_point("graphs", strategy, gen, batch, rate) for gen in (64, 256) for batch in (1, 4)
+              for strategy, rate in (("baseline", 10.0), ("parallel", 20.0 * batch))]
+    x_key, ratios = strategy_speedups(points + [_grid_point("graphs", "parallel", 64, 16, 1.0)], runs=1)
+    assert x_key == "batch_size"  # the batch-16 point has no baseline and is left out
+    assert ratios == {("dlm+parallel [graphs] · gen 64", 40): [(1, 2.0), (4, 8.0)],
+                      ("dlm+parallel [graphs] · gen 256", 40): [(1, 2.0), (4, 8.0)]}
+
+
+def testseries_styles_give_a_runtime_pair_one_colour_and_two_line_styles():
+    from pytest_dlmbench.report import series_styles
+
+    styles = series_styles({"ar [eager]", "ar [graphs]", "dlm [eager]", "dlm [graphs]"})
+    assert styles["ar [eager]"]["color"] == styles["ar [graphs]"]["color"] != styles["dlm [eager]"]["color"]
+    assert styles["ar [eager]"]["linestyle"] == styles["dlm [eager]"]["linestyle"] != styles["ar [graphs]"]["linestyle"]
+    many = series_styles({f"s{index}" for index in range(18)})
+    assert len({style["color"] for style in many.values()}) == 18
