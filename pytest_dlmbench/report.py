@@ -206,7 +206,10 @@ def _sweep_figure(points: list[dict[str, Any]], runs: int, x_key: str, title: st
         figure.suptitle(title)
 
 
-def strategy_speedups(points: list[dict[str, Any]], runs: int) -> tuple[str, dict[tuple[str, int], list[tuple[int, float]]]]:
+Speedups = dict[tuple[str, int], list[tuple[int, float]]]  # (series, prompt) -> [(x, speed-up)], x ascending
+
+
+def strategy_speedups(points: list[dict[str, Any]], runs: int) -> tuple[str, Speedups]:
     """Each strategy's throughput over its paradigm's baseline at the same point, per (series, prompt),
     against batch size, or against generation length where the strategies ran at one batch size (the
     batch-1 strategy table); the other of the two joins the series label where it varies."""
@@ -220,7 +223,7 @@ def strategy_speedups(points: list[dict[str, Any]], runs: int) -> tuple[str, dic
     x_key, other_key = (("batch_size", "gen_len") if len({p["batch_size"] for p in measured}) > 1
                         else ("gen_len", "batch_size"))
     other_varies = len({p[other_key] for p in measured}) > 1
-    ratios: dict[tuple[str, int], list[tuple[int, float]]] = {}
+    ratios: Speedups = {}
     for p in measured:
         label = _series_label(p, runs) + (f" · {other_key.split('_')[0]} {p[other_key]}" if other_varies else "")
         ratios.setdefault((label, p["prompt_len"]), []).append(
