@@ -160,16 +160,16 @@ def series_styles(labels: set[str]) -> dict[str, dict[str, Any]]:
         base, _, axes = label.partition(" [")
         return base, axes
 
-    bases = sorted({split(label)[0] for label in labels})
-    variants = sorted({split(label)[1] for label in labels})
+    bases = {base: index for index, base in enumerate(sorted({split(label)[0] for label in labels}))}
+    variants = {variant: index for index, variant in enumerate(sorted({split(label)[1] for label in labels}))}
     colours = colormaps["tab10" if len(bases) <= 10 else "tab20"].colors
     lines, markers = ["-", "--", ":", "-."], ["o", "s", "^", "D"]
     styles = {}
     for label in labels:
-        base, variant = split(label)
-        index = variants.index(variant)
-        styles[label] = {"color": colours[bases.index(base) % len(colours)],
-                         "linestyle": lines[index % len(lines)], "marker": markers[index % len(markers)]}
+        base_name, variant_name = split(label)
+        base, variant = bases[base_name], variants[variant_name]
+        styles[label] = {"color": colours[base % len(colours)], "linestyle": lines[variant % len(lines)],
+                         "marker": markers[variant % len(markers)]}
     return styles
 
 
@@ -213,13 +213,13 @@ def strategy_speedups(points: list[dict[str, Any]], runs: int) -> tuple[str, Spe
     """Each strategy's throughput over its paradigm's baseline at the same point, per (series, prompt),
     against batch size, or against generation length where the strategies ran at one batch size (the
     batch-1 strategy table); the other of the two joins the series label where it varies."""
-    def shape(p: dict[str, Any]) -> tuple[Any, ...]:
-        return (p["run"], p["runtime"], p["fidelity"], p["paradigm"], p["model"], p["prompt_len"], p["gen_len"],
-                p["batch_size"])
+    def baseline_twin(p: dict[str, Any]) -> tuple[Any, ...]:
+        return (p["run"], p["runtime"], *_point_axes({**p, "strategy": "baseline"}))
 
-    baseline = {shape(p): p for p in points if p.get("strategy", "baseline") == "baseline" and p.get("tokens_per_s")}
+    baseline = {baseline_twin(p): p for p in points
+                if p.get("strategy", "baseline") == "baseline" and p.get("tokens_per_s")}
     measured = [p for p in points if p.get("strategy", "baseline") != "baseline" and p.get("tokens_per_s")
-                and shape(p) in baseline]
+                and baseline_twin(p) in baseline]
     x_key, other_key = (("batch_size", "gen_len") if len({p["batch_size"] for p in measured}) > 1
                         else ("gen_len", "batch_size"))
     other_varies = len({p[other_key] for p in measured}) > 1
@@ -227,7 +227,7 @@ def strategy_speedups(points: list[dict[str, Any]], runs: int) -> tuple[str, Spe
     for p in measured:
         label = _series_label(p, runs) + (f" · {other_key.split('_')[0]} {p[other_key]}" if other_varies else "")
         ratios.setdefault((label, p["prompt_len"]), []).append(
-            (p[x_key], p["tokens_per_s"] / baseline[shape(p)]["tokens_per_s"]))
+            (p[x_key], p["tokens_per_s"] / baseline[baseline_twin(p)]["tokens_per_s"]))
     for values in ratios.values():
         values.sort()
     return x_key, ratios
