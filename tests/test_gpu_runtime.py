@@ -44,8 +44,8 @@ def test_graphs_gives_eager_tokens_in_fp32(built):
 
 @pytest.mark.parametrize("batch", [1, 3])
 def test_split_kv_decode_attends_to_the_valid_slots_only(batch):
-    """Flash's split-KV call over the whole cache equals SDPA over each row's valid slots, whatever
-    the slots past them hold."""
+    """The split-KV kernels over the whole cache, in bf16, equal SDPA over each row's valid slots,
+    whatever the slots past them hold."""
     from pytest_dlmbench.runtimes.graphs import SplitKV, attend_split_kv
 
     capacity, valid, heads, kv_heads, dim = 512, 300, 32, 8, 128
@@ -54,7 +54,7 @@ def test_split_kv_decode_attends_to_the_valid_slots_only(batch):
     key, value = (torch.randn(batch, capacity, kv_heads, dim, device="cuda", dtype=torch.bfloat16,
                               generator=generator) for _ in range(2))
     key[:, valid:], value[:, valid:] = 1e3, 1e3  # unwritten slots: would dominate if read
-    split = SplitKV.for_batch(batch, capacity, torch.device("cuda"))
+    split = SplitKV.for_batch(batch, kv_heads, torch.device("cuda"))
     split.lengths.fill_(valid)
     got = attend_split_kv(split, query, key, value, None, dim**-0.5, False)
     expected = torch.nn.functional.scaled_dot_product_attention(
@@ -63,14 +63,15 @@ def test_split_kv_decode_attends_to_the_valid_slots_only(batch):
     torch.testing.assert_close(got, expected, atol=2e-2, rtol=2e-2)
 
 
-@pytest.mark.parametrize(("batch", "split"), [(1, True), (16, False)])
-def test_decode_runs_split_kv_at_small_batch(batch, split):
-    """At batch 1 llama's decode steps run flash's split-KV kernel; at batch 16, where the folded
-    kernel's tiles fill the GPU, the masked window."""
+@pytest.mark.parametrize(("batch", "dtype", "split"), [(1, torch.bfloat16, True), (16, torch.bfloat16, True),
+                                                      (16, torch.float32, False)])
+def test_decode_runs_split_kv_in_half_precision(batch, dtype, split):
+    """llama's bf16 decode steps run the split-KV kernels at any batch; fp32 ones, whose dots the
+    kernels would round to TF32, the masked window."""
     from torch.profiler import ProfilerActivity, profile
 
     spec = dataclasses.replace(get_spec("llama-3.1-8b"), num_layers=2)
-    network = build_model(spec, torch.device("cuda"), torch.bfloat16)
+    network = build_model(spec, torch.device("cuda"), dtype)
     paradigm = make_paradigm("ar", DecodeOptions(), "baseline")
     prompt = synthetic_prompts(spec.prompt_vocab_limit, batch, 40, 0, torch.device("cuda"))
     executor = make_runtime("graphs", network)
@@ -80,7 +81,7 @@ def test_decode_runs_split_kv_at_small_batch(batch, split):
             paradigm.generate(executor, spec, prompt, 16, ForwardLog(RegionTimer(torch.device("cuda"))))
             torch.cuda.synchronize()
     names = [event.key for event in prof.key_averages() if event.device_time_total > 0]
-    assert any("splitkv" in name for name in names) == split, names
+    assert any("split_kv_attention_kernel" in name for name in names) == split, names
 
 
 class SyncsUntilResult(ForwardLog):

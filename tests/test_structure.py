@@ -24,7 +24,7 @@ PACKAGE = Path(__file__).parent.parent / "pytest_dlmbench"
 LAYERS = (
     {"pytest_dlmbench", "core"},
     {"device", "models", "gate", "journal", "prompts", "runtimes.base", "trace"},
-    {"runtimes.fused"},
+    {"runtimes.fused", "runtimes.decode_attention"},
     {"timing", "memory", "memory_model", "store", "loader", "machine", "runtimes.eager", "runtimes.graphs",
      "paradigms.scoring"},
     {"runtimes", "paradigms.acceptance"},

@@ -3,13 +3,13 @@
 transformers runs a layer as 7 GEMMs and ~25 small elementwise kernels (RMSNorm's upcast, RoPE's
 slice/neg/cat, SiLU, residual adds); at batch 1 their launches and gaps cost as much as a third
 of the weight read. Here a layer is `project` (RMSNorm, one GEMM for q, k and v, RoPE;
-`project_into` also writes k and v into the cache), the runtime's attention, and `finish`
-(output GEMM, residual, RMSNorm, one GEMM for gate and up, SiLU·mul, down GEMM, residual). On
-CUDA torch.compile turns each step's elementwise work into a few Triton kernels (the GEMMs stay
-cuBLAS, except the output projection at one token: see `project_output`); attention stays
-outside the compiled code, on the runtime's fused kernels, where the math-fallback check sees
-it. The q/k/v and gate/up weights are joined once per model and transformers' modules keep
-views of them, so eager runs on the same memory.
+`project_into` also writes k and v into the cache), the runtime's attention, `post_attention`
+(output projection, residual, RMSNorm, one GEMM for gate and up, SiLU·mul) and `down_project`
+(down projection, residual). On CUDA torch.compile turns each step's elementwise work into a few
+Triton kernels (the GEMMs stay cuBLAS, except the output and down projections at one token: see
+`gemv`); attention stays outside the compiled code, on the runtime's fused kernels, where the
+math-fallback check sees it. The q/k/v and gate/up weights are joined once per model and
+transformers' modules keep views of them, so eager runs on the same memory.
 """
 
 from __future__ import annotations
@@ -99,6 +99,27 @@ def _joined(*linears: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
     return weight, bias
 
 
+def gemv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x (B, n, in) @ weight (out, in).T -> (B, n, out), for the output and down projections.
+
+    At one token, under torch.compile, as a product summed over `in`: Inductor makes it one
+    reduction kernel, which also takes the residual add after it. On the H200 that read llama's
+    4096 x 4096 output weight in 11.8 us and its 4096 x 14336 down weight in 28.7 us, where
+    cuBLAS took 12.7 and 31.3 (with its split-K reduce); for q/k/v and gate/up cuBLAS was faster,
+    16.4 against 17.1 and 61.1 against 69.5 us (results/graph-runtime/h200/decode-attention-2.txt).
+    Only on a step's input, which is a buffer already: Inductor inlines a producer computed in the
+    step (RMSNorm, SiLU·mul) into the reduction and recomputes it for every block of rows, which
+    made gate/up 90 us and down 57 us a layer on the H100 (split-kv/profile-all-reductions.txt);
+    hence `down_project` is a step of its own. Uncompiled, the product would be materialised, so
+    F.linear."""
+    import torch
+    import torch.nn.functional as F
+
+    if not (torch.compiler.is_compiling() and x.shape[0] * x.shape[1] == 1):
+        return F.linear(x, weight)
+    return torch.sum(weight.float() * x.float().unsqueeze(-2), dim=-1).to(x.dtype)  # (1, 1, out)
+
+
 def project(x: torch.Tensor, weights: LayerWeights, cos: torch.Tensor,
             sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """x (B, n, hidden), cos/sin (1|B, n, D) -> rotated q (B, n, H, D), rotated k and v (B, n, KVH, D).
@@ -113,24 +134,6 @@ def project(x: torch.Tensor, weights: LayerWeights, cos: torch.Tensor,
     q, k, v = (part.view(batch, n, -1, weights.head_dim) for part in (q, k, v))
     cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)  # (1|B, n, 1, D)
     return rotate(q, cos, sin), rotate(k, cos, sin), v
-
-
-def project_output(attended: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """attended (B, n, H D) @ weight (hidden, H D).T -> (B, n, hidden).
-
-    At one token, under torch.compile, as a product summed over H D: Inductor makes it one
-    reduction kernel that read llama's 4096 x 4096 weight in 13.3 us a layer, where cuBLAS's
-    GEMV took 20.8 (results/graph-runtime/split-kv/profile-ar-block.txt, profile-compiled.txt).
-    Only here, where the input is a buffer already: Inductor inlines a producer computed in the
-    step (RMSNorm, SiLU·mul) into the reduction and recomputes it for every block of rows, which
-    made gate/up 90 us and down 57 us a layer (split-kv/profile-all-reductions.txt). Uncompiled,
-    the product would be materialised, so F.linear."""
-    import torch
-    import torch.nn.functional as F
-
-    if not (torch.compiler.is_compiling() and attended.shape[0] * attended.shape[1] == 1):
-        return F.linear(attended, weight)
-    return torch.sum(weight.float() * attended.float().unsqueeze(-2), dim=-1).to(attended.dtype)  # (1, 1, hidden)
 
 
 def project_into(x: torch.Tensor, weights: LayerWeights, cos: torch.Tensor, sin: torch.Tensor, keys: torch.Tensor,
@@ -151,14 +154,21 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
 
-def finish(x: torch.Tensor, attended: torch.Tensor, weights: LayerWeights) -> torch.Tensor:
-    """x (B, n, hidden), attended (B, n, H, D) -> the layer's output (B, n, hidden)."""
+def post_attention(x: torch.Tensor, attended: torch.Tensor,
+                   weights: LayerWeights) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (B, n, hidden), attended (B, n, H, D) -> the residual stream after attention (B, n, hidden)
+    and the MLP's SiLU(gate) * up (B, n, I)."""
     import torch.nn.functional as F
 
-    x = x + project_output(attended.flatten(2), weights.out)
+    x = x + gemv(attended.flatten(2), weights.out)
     normed = F.rms_norm(x, (x.shape[-1],), weights.post_norm, weights.eps)
     gate, up = F.linear(normed, weights.gate_up).chunk(2, dim=-1)  # (B, n, I) each
-    return x + F.linear(F.silu(gate) * up, weights.down)
+    return x, F.silu(gate) * up
+
+
+def down_project(x: torch.Tensor, hidden: torch.Tensor, weights: LayerWeights) -> torch.Tensor:
+    """x (B, n, hidden), hidden (B, n, I) -> the layer's output x + down(hidden) (B, n, hidden)."""
+    return x + gemv(hidden, weights.down)
 
 
 class Steps(NamedTuple):
@@ -166,7 +176,11 @@ class Steps(NamedTuple):
 
     project: Callable[..., Any]
     project_into: Callable[..., Any]
-    finish: Callable[..., Any]
+    post_attention: Callable[..., Any]
+    down_project: Callable[..., Any]
+
+
+AS_WRITTEN = Steps(project, project_into, post_attention, down_project)
 
 
 @functools.cache
@@ -175,13 +189,16 @@ def compiled_steps() -> Steps:
     not 1), the weights' shapes static, so Inductor's kernels index by constants.
 
     Each (model, dtype) adds up to four versions of each step (batch and length each 1 or not),
-    so a session of several models raises dynamo's recompile limit above its default of 8."""
+    so a session of several models raises dynamo's recompile limit above its default of 8.
+    Inductor's combo kernels launch a step's independent kernels as one (RoPE of q, RoPE and the
+    cache write of k, the write of v: three kernels became one), which took llama's batch-1 decode
+    step from 4.74 to 4.67 ms on the H200 (results/graph-runtime/h200/decode-attention-2.txt)."""
     import torch
 
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
 
     def token_dims_dynamic(step: Callable[..., Any]) -> Callable[..., Any]:
-        compiled = torch.compile(step, dynamic=False, fullgraph=True)
+        compiled = torch.compile(step, dynamic=False, fullgraph=True, options={"combo_kernels": True})
 
         def run(x: torch.Tensor, *args: Any) -> Any:
             for tensor in (x, *(arg for arg in args if isinstance(arg, torch.Tensor))):  # (B, n | slots, ...), (n,)
@@ -191,7 +208,7 @@ def compiled_steps() -> Steps:
 
         return run
 
-    return Steps(*(token_dims_dynamic(step) for step in (project, project_into, finish)))
+    return Steps(*(token_dims_dynamic(step) for step in AS_WRITTEN))
 
 
 def layer_forward(weights: LayerWeights, steps: Steps, attend: Attend,
@@ -206,13 +223,14 @@ def layer_forward(weights: LayerWeights, steps: Steps, attend: Attend,
         q = steps.project_into(hidden_states, weights, *position_embeddings, cache.keys[weights.index],
                                cache.values[weights.index], cache.slots)
         k, v = cache.window_of(weights.index)
-    return steps.finish(hidden_states, attend(q, k, v, window_mask, weights.scaling, is_causal), weights)
+    x, hidden = steps.post_attention(hidden_states, attend(q, k, v, window_mask, weights.scaling, is_causal), weights)
+    return steps.down_project(x, hidden, weights)
 
 
 @contextmanager
 def fused_layers(model: PreTrainedModel, attend: Attend, compiled: bool) -> Iterator[None]:
     """Inside the block, the model's decoder layers run as the three steps above."""
-    steps = compiled_steps() if compiled else Steps(project, project_into, finish)
+    steps = compiled_steps() if compiled else AS_WRITTEN
     layers = model.get_decoder().layers
     for layer, weights in zip(layers, layer_weights(model)):
         layer.forward = functools.partial(layer_forward, weights, steps, attend)

@@ -6,13 +6,13 @@ write slots, rows, lengths and masks are device tensors copied in before a repla
 serves every call of its shape. The decoder layers run as fused.py's steps (compiled on CUDA)
 around this module's attention, which stays on fused kernels:
 - where the window is exact, SDPA with no mask (flash or cuDNN);
-- a decode step at small batch (one query per row over a growing context), flash's split-KV
-  kernel over the whole cache, told each row's valid length (`seqused_k`): no mask, one graph;
-- other decode steps attend to a window rounded up to WINDOW_BUCKET slots under a length mask,
+- a decode step in half precision (one query per row over a growing context), decode_attention.py's
+  split-KV kernels over the whole cache, told each row's valid length: no mask, one graph;
+- other decode steps (fp32) attend to a window rounded up to WINDOW_BUCKET slots under a length mask,
   so a generation captures a handful of decode graphs instead of one per step; SDPA's fused
   kernels take a mask only without `enable_gqa`, so grouped query heads are folded into rows.
 
-On the CPU the same static code runs without capture (and without split-KV, which is CUDA's):
+On the CPU the same static code runs without capture (and without split-KV, which runs on CUDA):
 the tests prove it equal to eager.
 """
 
@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pytest_dlmbench.device import is_cuda
 from pytest_dlmbench.runtimes.base import block_causal_mask, cache_keyword, check_attention
+from pytest_dlmbench.runtimes.decode_attention import decode_attention, split_count
 from pytest_dlmbench.runtimes.fused import fused_layers, layer_weights
 
 if TYPE_CHECKING:
@@ -37,7 +38,6 @@ if TYPE_CHECKING:
 ATTENTION_NAME = "dlmbench_window"  # not a mask interface of transformers': the model builds no mask
 COMPILE = True  # captured graphs run the fused layer steps compiled (False: as written, for comparison)
 WINDOW_BUCKET = 256  # decode windows are multiples of this many slots
-SPLIT_KV_SHARE = 4  # split-KV decode while rows x KV heads is at most 1/4 of the multiprocessors
 
 
 def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, folded_mask: torch.Tensor | None,
@@ -61,50 +61,40 @@ def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, folded_m
 
 @dataclass(frozen=True)
 class SplitKV:
-    """A decode step's flash split-KV inputs: the cache as one sequence of `capacity` slots a row."""
+    """A decode step's split-KV inputs: each row's valid slots, set before each replay, and the
+    splits a (row, KV head) gets."""
 
-    query_starts: torch.Tensor  # (B + 1,) int32: row b's query is query b
-    key_starts: torch.Tensor  # (B + 1,) int32: row b's keys start at slot b x capacity
-    lengths: torch.Tensor  # (B,) int32: the valid slots of each row, set before each replay
-    capacity: int
+    lengths: torch.Tensor  # (B,) int32
+    splits: int
 
     @classmethod
-    def for_batch(cls, batch: int, capacity: int, device: torch.device) -> SplitKV:
+    def for_batch(cls, batch: int, kv_heads: int, device: torch.device) -> SplitKV:
         import torch
 
-        starts = torch.arange(batch + 1, dtype=torch.int32, device=device)
-        return cls(starts, starts * capacity, torch.zeros(batch, dtype=torch.int32, device=device), capacity)
+        multiprocessors = torch.cuda.get_device_properties(device).multi_processor_count
+        return cls(torch.zeros(batch, dtype=torch.int32, device=device), split_count(batch * kv_heads, multiprocessors))
 
 
 def attend_split_kv(split: SplitKV, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                     folded_mask: None, scale: float, is_causal: bool) -> torch.Tensor:
     """query (B, 1, H, D), key/value (B, capacity, KVH, D), the whole cache -> (B, 1, H, D).
 
-    Flash's varlen kernel splits each row's keys over the multiprocessors and reads only the
-    first `lengths[b]` of them, so the step needs neither a mask nor a window that grows. A layer
-    of llama's decode at 984 of 1024 slots took 12.2, 23.2 and 26.7 us at batch 1, 2 and 4, where
-    SDPA over the folded, masked window took 27.5, 29.2 and 29.0 (cuDNN: one tile a KV head and
-    row); at batch 16 44.3 against 37.4 (results/graph-runtime/decode-varlen.txt). The aten op,
-    because the public `torch.nn.attention.varlen.varlen_attn` has no `seqused_k` in torch 2.11
-    (2.13 has it); the GPU tests check the call against SDPA over the valid slots."""
+    decode_attention.py's kernels split each row's valid slots over the multiprocessors and read
+    nothing past them, so the step needs neither a mask nor a window that grows. A layer of
+    llama's decode at 984 of 1024 slots took 6.4, 7.5 and 9.1 us at batch 1, 2 and 4 on the H200,
+    where flash's split-KV kernel (varlen, `seqused_k`) took 12.7, 21.8 and 24.6
+    (results/graph-runtime/h200/decode-attention.txt); its combine kernel alone took 5.6."""
+    return decode_attention(query[:, 0], key, value, split.lengths, scale, split.splits)[:, None]
+
+
+def runs_split_kv(model: PreTrainedModel) -> bool:
+    """Whether the model's decode steps run the split-KV kernels: they need CUDA and half precision
+    (their dots would round fp32 to TF32). Where they run, they beat SDPA over the folded, masked
+    window at every batch measured, 1 to 16 (results/graph-runtime/h200/decode-attention-2.txt:
+    21.2 against 31.3 us a layer at batch 16 and 984 of 1024 slots)."""
     import torch
 
-    batch, _, heads, dim = query.shape
-    out = torch.ops.aten._flash_attention_forward(
-        query.reshape(batch, heads, dim), key.flatten(0, 1), value.flatten(0, 1), split.query_starts,
-        split.key_starts, 1, split.capacity, 0.0, False, False, scale=scale, seqused_k=split.lengths)[0]
-    return out.view(batch, 1, heads, dim)
-
-
-def split_kv_rows(model: PreTrainedModel) -> int:
-    """The largest batch whose decode steps run split-KV (0: none): flash kernels need CUDA and
-    half precision, and the folded kernel is faster once rows x KV heads tiles fill the SMs."""
-    import torch
-
-    if not is_cuda(model.device) or model.dtype not in (torch.float16, torch.bfloat16):
-        return 0
-    multiprocessors = torch.cuda.get_device_properties(model.device).multi_processor_count
-    return multiprocessors // (model.config.num_key_value_heads * SPLIT_KV_SHARE)
+    return is_cuda(model.device) and model.dtype in (torch.float16, torch.bfloat16)
 
 
 def fold(mask: torch.Tensor, groups: int, dtype: torch.dtype) -> torch.Tensor:
@@ -210,7 +200,7 @@ class GraphRuntime:
         self.keyword = cache_keyword(model)
         self.capture = is_cuda(model.device)
         self.capture_s: float | None = 0.0 if self.capture else None
-        self.split_kv_rows = split_kv_rows(model)
+        self.split_kv = runs_split_kv(model)
         self.graphs: dict[tuple[Any, ...], Captured] = {}
         self.caches: dict[tuple[int, int], Any] = {}  # by (batch, slots)
         self.outputs: dict[tuple[Any, ...], torch.Tensor] = {}  # logits buffers, by shape and dtype
@@ -236,7 +226,7 @@ class GraphRuntime:
         window = valid = cache.context_end(start, start + n) if cache is not None else n
         masked, split = attention == "block_causal", False
         if cache is not None and n == 1:  # a decode step: split-KV over the whole cache, or a masked window
-            split = ids.shape[0] <= self.split_kv_rows
+            split = self.split_kv
             window, masked = (cache.capacity, False) if split else (
                 min(cache.capacity, -(-valid // WINDOW_BUCKET) * WINDOW_BUCKET), True)
         key = (tuple(ids.shape), window, masked, split, attention, rows if isinstance(rows, int) else len(rows),
@@ -248,7 +238,8 @@ class GraphRuntime:
             captured = Captured(ids.clone(), torch.empty(n, dtype=torch.long, device=ids.device),
                                 rows if isinstance(rows, int) else rows.clone(), mask,
                                 torch.arange(n, device=ids.device), torch.arange(window, device=ids.device),
-                                SplitKV.for_batch(ids.shape[0], window, ids.device) if split else None)
+                                SplitKV.for_batch(ids.shape[0], self.model.config.num_key_value_heads,
+                                                  ids.device) if split else None)
         captured.ids.copy_(ids)
         torch.add(captured.offsets, start, out=captured.slots)  # (n,) positions
         if not isinstance(rows, int):

@@ -9,6 +9,7 @@
 #   OUT=folder results/graph-runtime/run.sh b1 RUNTIME [PROMPT]     # batch 1 under RUNTIME: every strategy at gen 64/256
 #   OUT=folder results/graph-runtime/run.sh g1024 RUNTIME [PROMPT]  # the gen-1024 points at batch 1 under RUNTIME, one round
 #   OUT=folder results/graph-runtime/run.sh sweep RUNTIME PROMPT BATCHES PARADIGMS  # batch points at gen 256, one round
+#   OUT=folder results/graph-runtime/run.sh decode NAME    # ar's split-KV decode points under graphs: B 1 and 4, g256
 # Each invocation's wall time is printed and kept in OUT/walltime.txt; each point saves point_wall_s
 # (start-up, captures, warm-up and rounds), so a runtime's share of a mixed invocation is their sum.
 . "$(dirname "$0")/../lib.sh"
@@ -48,6 +49,8 @@ case $1 in
   g1024)
     run "g1024-$2${3:+-p$3}" --dlm-gen=1024 --dlm-batch=1 --dlm-runtime="$2" --dlm-rounds=1 \
       --dlm-warmup="$(warmup "$2")" ${3:+--dlm-prompt="$3"} ;;
+  decode)
+    run "decode-$2" --dlm-gen=256 --dlm-batch=1,4 --dlm-paradigms=ar --dlm-rounds=4 --dlm-warmup=0 ;;
   sweep)
     run "sweep-$2-p$3-b${4//,/_}-${5//,/_}" --dlm-gen=256 --dlm-prompt="$3" --dlm-batch="$4" --dlm-paradigms="$5" \
       --dlm-runtime="$2" --dlm-rounds=1 --dlm-warmup="$(warmup "$2")" ;;
