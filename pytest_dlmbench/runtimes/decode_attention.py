@@ -1,11 +1,12 @@
 """Split-KV decode attention over a static cache, as two Triton kernels (flash-decoding).
 
 A decode step's query is one position a row; each row attends to the first `lengths[b]` slots of
-its cache. `split_kv_attention_kernel` gives every (row, KV head) `splits` programs, each over one share of
-the valid slots: it loads the KV head's grouped query heads together (so K and V are read once
-a group, not once a query head) and leaves a partial softmax (max, sum, weighted values) per query
-head. `split_kv_combine_kernel` weighs the shares into the output. The shares are cut from the row's valid
-length at run time, so the programs stay balanced as the context grows inside one captured graph.
+its cache. `split_kv_attention_kernel` gives every (row, KV head) `splits` programs, each over one
+share of the valid slots: it loads the KV head's grouped query heads together (so K and V are
+read once a group, not once a query head) and leaves a partial softmax (max, sum, weighted
+values) per query head. `split_kv_combine_kernel` weighs the shares into the output. The shares
+are cut from the row's valid length at run time, so the programs stay balanced as the context
+grows inside one captured graph.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ BLOCK_N = 64  # slots a program reads per iteration
 MIN_GROUP_ROWS = 16  # tl.dot's smallest row count: query heads of a group are padded to it
 PROGRAMS_PER_MULTIPROCESSOR = 2  # splits are chosen so the partial programs fill the GPU about twice
 MAX_SPLITS = 16
-WARPS = 2
+WARPS = 2  # per partial program: as fast as 4 or faster at 32 of 42 shapes (h200/decode-attention-2.txt)
 
 
 def split_count(rows_by_heads: int, multiprocessors: int) -> int:
@@ -39,10 +40,11 @@ def kernels() -> tuple[object, object]:
     import triton.language as tl
 
     @triton.jit
-    def split_kv_attention_kernel(query, keys, values, lengths, partial_values, partial_stats, scale_log2,
-                       query_row_stride, query_head_stride, cache_row_stride, cache_slot_stride, cache_head_stride,
-                       KV_HEADS: tl.constexpr, GROUPS: tl.constexpr, SPLITS: tl.constexpr, DIM: tl.constexpr,
-                       GROUP_ROWS: tl.constexpr, BLOCK: tl.constexpr) -> None:
+    def split_kv_attention_kernel(
+            query, keys, values, lengths, partial_values, partial_stats, scale_log2,
+            query_row_stride, query_head_stride, cache_row_stride, cache_slot_stride, cache_head_stride,
+            KV_HEADS: tl.constexpr, GROUPS: tl.constexpr, SPLITS: tl.constexpr, DIM: tl.constexpr,
+            GROUP_ROWS: tl.constexpr, BLOCK: tl.constexpr) -> None:
         row_head = tl.program_id(0)  # row * KV_HEADS + KV head
         split = tl.program_id(1)
         row, kv_head = row_head // KV_HEADS, row_head % KV_HEADS
@@ -61,7 +63,8 @@ def kernels() -> tuple[object, object]:
         for first in range(start, end, BLOCK):
             slot = first + tl.arange(0, BLOCK)
             valid = slot < end
-            k = tl.load(keys + cache + slot[:, None] * cache_slot_stride, mask=valid[:, None], other=0.0)  # (BLOCK, DIM)
+            k = tl.load(keys + cache + slot[:, None] * cache_slot_stride, mask=valid[:, None],
+                        other=0.0)  # (BLOCK, DIM)
             scores = tl.dot(q, tl.trans(k)) * scale_log2  # (GROUP_ROWS, BLOCK), log2 units
             scores = tl.where(valid[None, :], scores, float("-inf"))
             new_max = tl.maximum(running_max, tl.max(scores, 1))
@@ -78,9 +81,9 @@ def kernels() -> tuple[object, object]:
         tl.store(partial_stats + out * 2 + 1, running_sum, mask=kept)
 
     @triton.jit
-    def split_kv_combine_kernel(partial_values, partial_stats, output, output_row_stride, output_head_stride,
-                       KV_HEADS: tl.constexpr, GROUPS: tl.constexpr, SPLITS: tl.constexpr,
-                       DIM: tl.constexpr) -> None:
+    def split_kv_combine_kernel(
+            partial_values, partial_stats, output, output_row_stride, output_head_stride,
+            KV_HEADS: tl.constexpr, GROUPS: tl.constexpr, SPLITS: tl.constexpr, DIM: tl.constexpr) -> None:
         row_query_head = tl.program_id(0)  # row * heads + query head
         row, head = row_query_head // (KV_HEADS * GROUPS), row_query_head % (KV_HEADS * GROUPS)
         split = tl.arange(0, SPLITS)
@@ -120,8 +123,10 @@ def decode_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tens
     split_kv_attention_kernel[(batch * kv_heads, splits)](
         query, keys, values, lengths, partial_values, partial_stats, scale * 1.4426950408889634,  # log2(e)
         query.stride(0), query.stride(1), keys.stride(0), keys.stride(1), keys.stride(2),
-        KV_HEADS=kv_heads, GROUPS=groups, SPLITS=splits, DIM=dim, GROUP_ROWS=group_rows, BLOCK=BLOCK_N, num_warps=WARPS)
+        KV_HEADS=kv_heads, GROUPS=groups, SPLITS=splits, DIM=dim, GROUP_ROWS=group_rows, BLOCK=BLOCK_N,
+        num_warps=WARPS)
     output = torch.empty(batch, heads, dim, dtype=query.dtype, device=query.device)
-    split_kv_combine_kernel[(batch * heads,)](partial_values, partial_stats, output, output.stride(0), output.stride(1),
-                                     KV_HEADS=kv_heads, GROUPS=groups, SPLITS=splits, DIM=dim)
+    split_kv_combine_kernel[(batch * heads,)](
+        partial_values, partial_stats, output, output.stride(0), output.stride(1),
+        KV_HEADS=kv_heads, GROUPS=groups, SPLITS=splits, DIM=dim)
     return output

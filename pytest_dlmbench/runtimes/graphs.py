@@ -81,9 +81,9 @@ def attend_split_kv(split: SplitKV, query: torch.Tensor, key: torch.Tensor, valu
 
     decode_attention.py's kernels split each row's valid slots over the multiprocessors and read
     nothing past them, so the step needs neither a mask nor a window that grows. A layer of
-    llama's decode at 984 of 1024 slots took 6.4, 7.5 and 9.1 us at batch 1, 2 and 4 on the H200,
-    where flash's split-KV kernel (varlen, `seqused_k`) took 12.7, 21.8 and 24.6
-    (results/graph-runtime/h200/decode-attention.txt); its combine kernel alone took 5.6."""
+    llama's decode at 984 of 1024 slots took 6.3, 7.5 and 9.5 us at batch 1, 2 and 4 on the H200,
+    where flash's split-KV kernel (varlen, `seqused_k`) took 12.7, 22.2 and 24.7
+    (results/graph-runtime/h200/decode-attention-2.txt); its combine kernel alone took 5.6."""
     return decode_attention(query[:, 0], key, value, split.lengths, scale, split.splits)[:, None]
 
 
