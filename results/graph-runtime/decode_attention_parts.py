@@ -46,7 +46,7 @@ def attention_parts() -> None:
         window = [k.transpose(1, 2) for k in keys], [v.transpose(1, 2) for v in values]  # (B, KVH, slots, D)
         additive = torch.zeros(capacity, dtype=DTYPE, device=DEVICE).masked_fill_(
             torch.arange(capacity, device=DEVICE) >= valid, float("-inf")).expand(1, 1, groups, capacity).contiguous()
-        timed(f"{tag}: folded SDPA, additive mask (batch > 4 now)", lambda layer: F.scaled_dot_product_attention(
+        timed(f"{tag}: folded SDPA, additive mask (the fp32 decode path)", lambda layer: F.scaled_dot_product_attention(
             query.view(batch, KV_HEADS, groups, DIM), window[0][layer], window[1][layer], attn_mask=additive,
             scale=scale), moved)
         exact = F.scaled_dot_product_attention(query[:, :, None], keys[0][:, :valid].transpose(1, 2),
