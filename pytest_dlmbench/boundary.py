@@ -63,12 +63,6 @@ def device_memory_bytes(settings: Settings) -> int:
     return total_memory_bytes(settings.torch_device)
 
 
-def boundary_id(point: BenchPoint) -> str:
-    """A boundary point's id: the point's id without the batch size."""
-    base = f"{point.paradigm}-{point.model}-p{point.prompt_len}-g{point.gen_len}"
-    return base if point.strategy == "baseline" else f"{base}-{point.strategy}"
-
-
 class BoundaryRunner:
     """The `dlm_boundary` fixture: ``dlm_boundary(point)`` finds the point's largest batch, then
     times a full generation at that batch through `dlm_bench` and saves the search beside it."""
@@ -85,6 +79,7 @@ class BoundaryRunner:
 
         from pytest_dlmbench.models import get_spec
         from pytest_dlmbench.paradigms.base import paradigm_for
+        from pytest_dlmbench.runtimes import RUNTIMES
 
         settings = self.settings
         if settings.isolate_probes:
@@ -106,6 +101,7 @@ class BoundaryRunner:
         decoder = paradigm_for(point, settings, weights)
         decoder.validate(spec, point.prompt_len, point.gen_len, 1)
         phases = decoder.memory_phases(spec, point.prompt_len, point.gen_len)
+        concatenating = RUNTIMES[point.runtime].concatenates
         boundary = find_max_batch(probe, settings.max_batch)
         found = {
             "max_batch_size": boundary.max_batch_size,
@@ -115,9 +111,10 @@ class BoundaryRunner:
             "boundary_probe_peak_bytes": [p.peak_allocated_bytes for p in boundary.probes],
             "memory_limit_gib": settings.memory_limit_gib,
             "isolated_probes": settings.isolate_probes,
-            "predicted_max_batch": predicted_max_batch(spec, phases, settings.dtype, device_memory_bytes(settings)),
-            **{f"predicted_max_batch_{gib}gib": predicted_max_batch(spec, phases, settings.dtype, gib * 2**30)
-               for gib in CARDS_GIB},
+            "predicted_max_batch": predicted_max_batch(spec, phases, settings.dtype, device_memory_bytes(settings),
+                                                       concatenating),
+            **{f"predicted_max_batch_{gib}gib": predicted_max_batch(spec, phases, settings.dtype, gib * 2**30,
+                                                                    concatenating) for gib in CARDS_GIB},
         }
         at_max = boundary.at_max
         estimate_s = at_max.generation_s(point.gen_len)
@@ -126,15 +123,14 @@ class BoundaryRunner:
         at_batch = dataclasses.replace(point, batch_size=max(1, boundary.max_batch_size))
         if boundary.max_batch_size == 0 or (estimate_s is not None and estimate_s > settings.max_time_s):
             from pytest_dlmbench.core import MemoryReport
-            from pytest_dlmbench.runner import failed_record
+            from pytest_dlmbench.runner import failed_record, point_labels
 
-            describe = {"weights": weights, "dtype": settings.dtype, "device": settings.device,
-                        **decoder.describe(spec, point.gen_len)}
+            describe = {"weights": weights, **decoder.describe(spec, point.gen_len)} | point_labels(at_batch, settings)
             if boundary.max_batch_size == 0:  # saved as an "oom" point, like any point that ran out of memory
-                status, reason = "oom", f"OOM: {boundary_id(point)} does not fit at batch 1"
+                status, reason = "oom", f"OOM: {point.boundary_id} does not fit at batch 1"
             else:  # the search is the result; a generation this long would overrun the time budget
                 status, reason = "untimed", (
-                    f"boundary {boundary_id(point)}: max batch {boundary.max_batch_size}; a full generation there "
+                    f"boundary {point.boundary_id}: max batch {boundary.max_batch_size}; a full generation there "
                     f"would take ~{estimate_s:.0f} s, over --dlm-max-time={settings.max_time_s:g}: not timed")
             memory = MemoryReport(peak_allocated_bytes=found["peak_mem_at_max_bytes"])
             self.bench.keep(failed_record(at_batch, describe, status, reason, memory,

@@ -26,6 +26,11 @@ SAVED_BEFORE_RUNTIMES = "eager"  # points saved without a runtime key ran transf
 FIDELITY_NAMES = ("reference", "lean")  # paradigms/scoring.py: the published code's per-forward work, or the least
 DEFAULT_FIDELITY = "reference"
 SAVED_BEFORE_FIDELITY = "lean"  # points saved without a fidelity key did the least per forward
+# What the seed paper's Appendix A closed form (`ai_paper_flop_per_element`) is and leaves out,
+# beside the first-principles `arithmetic_intensity`: saved with it in `ai_paper_formula`.
+PAPER_AI_CAVEAT = ("FLOP per element, not per byte (not comparable with the ridge); attention projections as "
+                   "2 d^2 per token, where q, k, v and o are (2 + 2 n_kv / n_h) d^2 (GQA's smaller k and v left "
+                   "out); FFN as alpha^2 d^2, where SwiGLU's three matrices are 3 alpha d^2; no LM head")
 # Point axes that change what is measured, not the code under test: the gate does not judge across them.
 # Each maps to the value that points saved before the axis existed ran under.
 MEASUREMENT_AXES = {"runtime": SAVED_BEFORE_RUNTIMES, "fidelity": SAVED_BEFORE_FIDELITY}
@@ -47,7 +52,15 @@ class BenchPoint:
     @property
     def id(self) -> str:
         """`dlm-llada-8b-p40-g256-b1`, then the strategy, runtime and fidelity where not the default."""
-        base = f"{self.paradigm}-{self.model}-p{self.prompt_len}-g{self.gen_len}-b{self.batch_size}"
+        return self._id(f"-b{self.batch_size}")
+
+    @property
+    def boundary_id(self) -> str:
+        """The id of the point's OOM boundary search: its id without the batch size."""
+        return self._id("")
+
+    def _id(self, batch: str) -> str:
+        base = f"{self.paradigm}-{self.model}-p{self.prompt_len}-g{self.gen_len}{batch}"
         suffixes = (self.strategy != "baseline" and self.strategy, self.runtime != DEFAULT_RUNTIME and self.runtime,
                     self.fidelity != DEFAULT_FIDELITY and self.fidelity)
         return "-".join([base, *(suffix for suffix in suffixes if suffix)])
@@ -119,7 +132,7 @@ class PointMetrics:
     batch_size: int
     block_size: int | None
     steps: int | None
-    tokens_generated: int  # batch * gen_len
+    tokens_generated: int  # batch * gen_len: what tokens_per_s counts
     tokens_per_s: float | None
     latency_s: float | None  # median over timed rounds
     nfe: int | None
@@ -148,6 +161,8 @@ class PointMetrics:
     predicted_peak_bytes: int | None = None  # the analytic memory model (memory_model.py)
     measured_to_predicted: float | None = None  # peak_mem_allocated_bytes / predicted_peak_bytes
     prompt_source: str = "synthetic"
+    tokens_decoded: int | None = None  # batch * positions decoded past the prompt (block reference: the last block whole)
+    tokens_per_s_counts: str = "tokens_generated"  # the count tokens_per_s divides by the latency
     rounds: int = 0
     warmup_rounds: int = 0
     round_latencies_s: tuple[float, ...] = ()
@@ -173,12 +188,14 @@ class PointMetrics:
         forward_ms: dict[str, list[float]],
         memory: MemoryReport,
         warmup_rounds: int,
+        decoded_len: int | None = None,
         token_agreement: float | None = None,
         capture_s: float | None = None,
         runtime_agreement: float | None = None,
         extra: dict[str, Any] | None = None,
     ) -> PointMetrics:
-        """Derive every rate from raw readings of one point; `describe` carries the labels."""
+        """Derive every rate from raw readings of one point; `describe` carries the labels;
+        `decoded_len`: positions per row the decoder filled, where more than gen_len."""
         latency = statistics.median(latencies_s) if latencies_s else None
         predicted = describe.get("predicted_peak_bytes")
         measured = memory.peak_allocated_bytes
@@ -193,6 +210,7 @@ class PointMetrics:
             gen_len=point.gen_len,
             batch_size=point.batch_size,
             tokens_generated=tokens,
+            tokens_decoded=point.batch_size * (decoded_len or point.gen_len),
             tokens_per_s=tokens / latency if latency else None,
             latency_s=latency,
             nfe=nfe,

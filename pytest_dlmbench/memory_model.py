@@ -5,8 +5,10 @@ where a point would run out of memory on cards that are not present.
 
 - weights: the parameter count (exact, from the shapes) x dtype bytes;
 - KV cache: cached positions x 2 (K, V) x layers x KV heads x head dim x dtype bytes; while a
-  DynamicCache grows, one layer exists twice for a moment (the concatenation copy), which a
-  forward that fills an empty cache does not make;
+  DynamicCache grows (the eager runtime), one layer exists twice for a moment (the concatenation
+  copy), which a forward that fills an empty cache does not make, nor the graphs runtime's
+  static slots (its forwards above CAPTURE_MAX_TOKENS run uncaptured, so their activations and
+  logits are freed as eager's are);
 - activations: tokens in the forward x (4 x hidden + 3 x FFN) x dtype bytes (residual stream,
   attention input/output and the MLP's gate, up and activated tensors alive together);
 - logits: positions whose logits are computed x vocab x dtype bytes, alive with the last
@@ -48,11 +50,13 @@ def parameter_count(spec: ModelSpec) -> int:
     return 2 * spec.vocab_size * h + layers * (attention + mlp + 2 * h) + h
 
 
-def predicted_peak_bytes(spec: ModelSpec, phases: list[Phase], batch_size: int, dtype: str) -> int:
+def predicted_peak_bytes(spec: ModelSpec, phases: list[Phase], batch_size: int, dtype: str,
+                         concatenating: bool = True) -> int:
+    """`concatenating`: the runtime's cache grows by concatenation (runtimes/: `concatenates`)."""
     size = DTYPE_BYTES[dtype]
     layer_kv = 2 * spec.num_kv_heads * spec.head_dim * size  # bytes per cached position and layer
     per_sequence = max(
-        phase.cached_positions * layer_kv * (spec.num_layers + phase.cache_grows)
+        phase.cached_positions * layer_kv * (spec.num_layers + (phase.cache_grows and concatenating))
         + phase.logit_positions * spec.vocab_size * size
         + max(  # in the forward: activations; after it: scoring
             phase.forward_tokens * (4 * spec.hidden_size + 3 * spec.intermediate_size) * size,
@@ -64,12 +68,13 @@ def predicted_peak_bytes(spec: ModelSpec, phases: list[Phase], batch_size: int, 
     return parameter_count(spec) * size + batch_size * per_sequence
 
 
-def predicted_max_batch(spec: ModelSpec, phases: list[Phase], dtype: str, memory_bytes: int, limit: int = 1 << 20) -> int:
+def predicted_max_batch(spec: ModelSpec, phases: list[Phase], dtype: str, memory_bytes: int, concatenating: bool = True,
+                        limit: int = 1 << 20) -> int:
     """The largest batch whose predicted peak fits in `memory_bytes` (0 if none)."""
     low, high = 0, limit + 1
     while high - low > 1:
         middle = (low + high) // 2
-        if predicted_peak_bytes(spec, phases, middle, dtype) <= memory_bytes:
+        if predicted_peak_bytes(spec, phases, middle, dtype, concatenating) <= memory_bytes:
             low = middle
         else:
             high = middle

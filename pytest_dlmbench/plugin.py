@@ -137,14 +137,13 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
 def model_scheduler(config: pytest.Config, log: Any) -> Any:
     """xdist scheduling of this session's points by model (scheduling.py)."""
-    from pytest_dlmbench.boundary import boundary_id
     from pytest_dlmbench.scheduling import ModelScheduling
 
     settings = resolved_settings(config)
     try:
         points = {point.id: point for point in points_for(settings)}
         if settings.boundary:
-            points |= {boundary_id(point): point for point in boundary_points_for(settings)}
+            points |= {point.boundary_id: point for point in boundary_points_for(settings)}
     except SelectionError:
         points = {}  # the workers' collection reports it
     return ModelScheduling(config, log, points)
@@ -305,11 +304,9 @@ def resolved_settings(config: pytest.Config) -> Settings:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Parametrize tests that ask for `dlm_point` (grid points) or `dlm_boundary_point` (boundary
     searches, with --dlm-boundary) over the selection."""
-    from pytest_dlmbench.boundary import boundary_id
-
     config = metafunc.config
     for name, select, ids in (("dlm_point", points_for, lambda p: p.id),
-                              ("dlm_boundary_point", boundary_points_for, boundary_id)):
+                              ("dlm_boundary_point", boundary_points_for, lambda p: p.boundary_id)):
         if name not in metafunc.fixturenames:
             continue
         if name == "dlm_boundary_point" and not config.stash[SETTINGS].boundary:

@@ -11,7 +11,8 @@ Counts, per forward and sequence (the batch multiplies all but the weights):
             (norms, projections, attention output, residual adds, the MLP's gate, up and product)
           + logits out + scoring (the softmax's reads and writes, in its dtype: paradigms/scoring.py)
           + with a concatenating cache (transformers' DynamicCache, the eager runtime): the cached
-            KV read and written again by each forward that extends it.
+            KV read and written again by each forward that extends it (not by one that overwrites
+            slots the cache holds, as the dual cache's block steps do).
 Roofline: a forward takes at least max(FLOPs / peak FLOP/s, bytes / peak bandwidth); summed over
 the generation's forwards this is the attainable time, and `roofline_fraction` = measured
 tokens/s / attainable tokens/s.
@@ -23,6 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pytest_dlmbench.core import PAPER_AI_CAVEAT
 from pytest_dlmbench.device import describe, release
 from pytest_dlmbench.memory_model import DTYPE_BYTES, parameter_count
 from pytest_dlmbench.models import ModelSpec
@@ -147,7 +149,8 @@ def forward_cost(spec: ModelSpec, shape: ForwardShape, batch: int, dtype: str, c
                      + 4 * spec.num_layers * spec.num_heads * spec.head_dim * attended_pairs(shape, spec.block_size))
     cached = shape.context - shape.tokens
     moved = read * size + batch * (
-        cached * layer_kv * (3 if concatenating_cache and shape.kv_written else 1) + shape.kv_written * layer_kv
+        cached * layer_kv * (3 if concatenating_cache and shape.kv_written and not shape.in_place else 1)
+        + shape.kv_written * layer_kv
         + shape.tokens * spec.num_layers * (10 * h + 6 * spec.intermediate_size) * size
         + shape.logits * vocab * size + shape.softmax_rows * vocab * shape.softmax_bytes
     )
@@ -159,13 +162,18 @@ def attainable_seconds(costs: Iterable[Cost], peaks: Peaks) -> float:
     return sum(max(cost.flops / (peaks.tflops * 1e12), cost.bytes / (peaks.gbps * 1e9)) for cost in costs)
 
 
+def paper_formula(equation: str) -> str:
+    """The `ai_paper_formula` label of a paradigm's Appendix A equation."""
+    return f"seed paper Appendix A {equation}: {PAPER_AI_CAVEAT}"
+
+
 # Every key `roofline_fields` saves, so that every point has them all (null where unknown).
 ROOFLINE_KEYS = (
     "flops_per_forward", "bytes_per_forward", "flops_per_token", "flops_total", "bytes_total", "arithmetic_intensity",
     *(f"{measure}_{kind}" for kind in FORWARD_KINDS
       for measure in ("flops_per_forward", "bytes_per_forward", "arithmetic_intensity")),
     "achieved_tflops", "achieved_gbps", "peak_tflops", "peak_gbps", "peaks_source", "ridge_flops_per_byte", "bound",
-    "attainable_tokens_per_s", "roofline_fraction", "ai_paper_flop_per_element",
+    "attainable_tokens_per_s", "roofline_fraction", "ai_paper_flop_per_element", "ai_paper_formula",
 )
 
 

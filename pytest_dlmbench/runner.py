@@ -26,8 +26,8 @@ from pytest_dlmbench.memory_model import predicted_peak_bytes
 from pytest_dlmbench.paradigms import ForwardLog, GenerationResult, Paradigm
 from pytest_dlmbench.paradigms.base import ForwardLimitReached, paradigm_for
 from pytest_dlmbench.prompts import gsm8k_prompts, load_gsm8k, synthetic_prompts
-from pytest_dlmbench.roofline import Peaks, empty_roofline, roofline_fields
-from pytest_dlmbench.runtimes import Runtime, make_runtime
+from pytest_dlmbench.roofline import Peaks, empty_roofline, paper_formula, roofline_fields
+from pytest_dlmbench.runtimes import RUNTIMES, Runtime, make_runtime
 from pytest_dlmbench.timing import RegionTimer
 from pytest_dlmbench.trace import write_commits
 
@@ -189,7 +189,8 @@ class PointRunner:
         prompt_ids = self._prompts(point, loaded)
         phases = paradigm.memory_phases(spec, point.prompt_len, point.gen_len)
         describe = {"weights": loaded.weights, "prompt_source": settings.prompts,
-                    "predicted_peak_bytes": predicted_peak_bytes(spec, phases, point.batch_size, settings.dtype),
+                    "predicted_peak_bytes": predicted_peak_bytes(spec, phases, point.batch_size, settings.dtype,
+                                                                 RUNTIMES[point.runtime].concatenates),
                     **paradigm.describe(spec, point.gen_len)} | labels
 
         runtime = make_runtime(point.runtime, model)
@@ -279,7 +280,7 @@ class PointRunner:
         record = PointMetrics.from_run(
             point, describe=plan.describe, latencies_s=measurement.latencies_s, nfe=results[-1].nfe or None,
             forward_ms=forward_ms, memory=measurement.memory, warmup_rounds=self.settings.warmup,
-            token_agreement=agreement, capture_s=measurement.capture_s, extra=extra,
+            decoded_len=results[-1].decoded_len, token_agreement=agreement, capture_s=measurement.capture_s, extra=extra,
         )
         row_nfe = results[-1].row_nfe
         if row_nfe and all(row_nfe):
@@ -290,8 +291,9 @@ class PointRunner:
         spec, paradigm = plan.decoder  # built-in paradigms know the shape of every forward
         roofline = roofline_fields(spec, results[-1].shapes, point.batch_size, point.gen_len, self.settings.dtype,
                                    record.latency_s, self.peaks, concatenating_cache=plan.runtime.concatenates)
-        roofline["ai_paper_flop_per_element"] = paradigm.paper_arithmetic_intensity(
-            spec, point.prompt_len, point.gen_len, point.batch_size)
+        paper = paradigm.paper_arithmetic_intensity(spec, point.prompt_len, point.gen_len, point.batch_size)
+        roofline["ai_paper_flop_per_element"] = paper
+        roofline["ai_paper_formula"] = None if paper is None else paper_formula(paradigm.paper_equation)
         return dataclasses.replace(record, roofline=roofline)
 
     def _agreement(self, plan: PointPlan, tokens: torch.Tensor) -> float | None:

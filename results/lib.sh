@@ -1,12 +1,13 @@
 # Sourced by results/*/run.sh: OUT checked and made, and `logged NAME PYTEST-ARGS...`, one pytest run
-# with its JSON, journal and log in OUT, its exit status and wall time appended to OUT/walltime.txt.
+# with its JSON, journal and log in OUT, its exit status and wall time appended to OUT/walltime.txt;
+# with LIMIT_S set, the run is stopped after that many seconds (its journal keeps what it measured).
 set -u
 : "${OUT:?set OUT}"
 mkdir -p "$OUT"
 logged() {
   local name=$1 start=$SECONDS
   shift
-  python -m pytest -p no:cacheprovider -q --benchmark-json="$OUT/$name.json" --dlm-journal="$OUT/$name.jsonl" \
+  ${LIMIT_S:+timeout "$LIMIT_S"} python -m pytest -p no:cacheprovider -q --benchmark-json="$OUT/$name.json" --dlm-journal="$OUT/$name.jsonl" \
     "$@" >"$OUT/$name.log" 2>&1
   local rc=$?
   echo "$name rc=$rc $((SECONDS - start))s" | tee -a "$OUT/walltime.txt"

@@ -142,6 +142,25 @@ def test_a_point_that_never_fits_is_saved_as_oom(pytester):
     assert info["max_batch_size"] == 0 and info["first_oom_batch"] == 1 and info["batch_size"] == 1
 
 
+def test_boundary_ids_and_records_name_the_runtime_and_fidelity_that_ran(pytester):
+    """Each runtime and fidelity is a boundary of its own, and a record that never ran a timed
+    generation (here: none fits) still says which it was."""
+    pytester.makeconftest(CONFTEST.replace("FITS = 5", "FITS = 0"))
+    pytester.makepyfile(test_boundary_run=BOUNDARY_TEST)
+    result = pytester.runpytest("--dlm-boundary", "--dlm-paradigms=ar", "--dlm-prompt=16", "--dlm-max-batch=8",
+                                "--dlm-isolate=off", "--dlm-runtime=all", "--dlm-fidelity=all",
+                                "--benchmark-json=out.json", "-p", "no:cacheprovider")
+    result.assert_outcomes(skipped=4)
+    failed = json.loads((pytester.path / "out.json").read_text())["dlmbench_failed"]
+    labels = {entry["name"]: (entry["extra_info"]["runtime"], entry["extra_info"]["fidelity"]) for entry in failed}
+    assert labels == {
+        "test_oom_boundary[ar-tiny-ar-p16-g32]": ("graphs", "reference"),
+        "test_oom_boundary[ar-tiny-ar-p16-g32-lean]": ("graphs", "lean"),
+        "test_oom_boundary[ar-tiny-ar-p16-g32-eager]": ("eager", "reference"),
+        "test_oom_boundary[ar-tiny-ar-p16-g32-eager-lean]": ("eager", "lean"),
+    }
+
+
 def test_a_full_generation_that_runs_out_of_memory_keeps_the_search(pytester):
     pytester.makeconftest(CONFTEST.replace("FULL_GENERATION_FITS = True", "FULL_GENERATION_FITS = False"))
     pytester.makepyfile(test_boundary_run=BOUNDARY_TEST)

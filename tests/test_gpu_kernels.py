@@ -17,7 +17,7 @@ from pytest_dlmbench.prompts import synthetic_prompts
 from pytest_dlmbench.runtimes import RUNTIMES, make_runtime
 from pytest_dlmbench.timing import RegionTimer
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+pytestmark = pytest.mark.cuda
 
 MATH_FALLBACK = ("softmax_warp_forward",)  # the math path's softmax; fused kernels have none
 FUSED = ("flash", "fmha", "cudnn", "efficient_attention", "attention_kernel")

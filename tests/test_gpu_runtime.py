@@ -17,7 +17,7 @@ from pytest_dlmbench.prompts import synthetic_prompts
 from pytest_dlmbench.runtimes import make_runtime
 from pytest_dlmbench.timing import RegionTimer
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+pytestmark = pytest.mark.cuda
 
 MODELS = {"ar": "llama-3.1-8b", "dlm": "llada-8b", "block": "fast-dllm-v2-7b"}
 

@@ -75,7 +75,7 @@ def test_point(dlm_bench, batch):
 """
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
 def test_a_real_cuda_oom_leaves_later_points_unaffected(pytester):
     """A genuine allocator OOM on the GPU (batch 200k under a 1 GiB cap) between two identical
     points: the later one starts from the same allocated and device-wide memory, peaks the same."""

@@ -196,3 +196,49 @@ def test_a_capture_run_that_skips_seen_shapes_leaves_nothing_to_capture(models, 
     assert set(skipping.graphs) == shapes
     assert (replays == len(shapes)) is fixed  # else the capture run replayed every forward
     assert torch.equal(timed.tokens, expected.tokens) and timed.nfe == expected.nfe
+
+
+def test_forwards_above_the_capture_limit_run_uncaptured_and_give_the_same_logits(models, monkeypatch):
+    """Large forwards are compute-bound: captured, their activations and logits would stay in the
+    graph pool for the rest of the point, where eager frees them."""
+    from pytest_dlmbench.runtimes import graphs
+
+    monkeypatch.setattr(graphs, "CAPTURE_MAX_TOKENS", 64)
+    spec, model = models["dlm"]
+    runtime, eager = captured_on_cpu(model, monkeypatch), make_runtime("eager", model)
+    ids = prompt(spec, 2, 40)
+    with torch.inference_mode():
+        large = runtime.forward(ids, 0, 2).clone()  # 2 x 40 tokens: over the limit
+        assert not runtime.graphs
+        small = runtime.forward(ids[:1], 0, 2)  # 40 tokens: captured
+        assert len(runtime.graphs) == 1
+        expected = eager.forward(ids, 0, 2)
+    torch.testing.assert_close(large, expected)
+    torch.testing.assert_close(small, expected[:1])
+
+
+def test_eager_dual_cache_steps_write_the_block_in_place(models):
+    """As Fast-dLLM's dual cache does: every step of a block attends to the refresh's cache, its
+    block's slots overwritten, so no step copies the cache; the roofline counts no copy either."""
+    from pytest_dlmbench.roofline import forward_cost
+
+    spec, model = models["dlm"]
+    runtime = make_runtime("eager", model)
+    storage = []  # per forward: the first layer's keys (address, positions)
+    forward = runtime.forward
+
+    def recording(ids, start, rows, cache=None, keep=False, **kwargs):
+        logits = forward(ids, start, rows, cache, keep, **kwargs)
+        keys = cache.cache.layers[0].keys
+        storage.append((keys.data_ptr(), keys.shape[-2]))
+        return logits
+
+    runtime.forward = recording
+    with torch.inference_mode():
+        result = make_paradigm("dlm", DecodeOptions(block_len=16), "dual_cache").generate(
+            runtime, spec, prompt(spec, 2, 40), 32, new_log())
+    blocks = [storage[index:index + 16] for index in range(0, len(storage), 16)]  # a refresh, then 15 steps
+    assert len(blocks) == 2 and all(set(block) == {(block[0][0], 40 + 32)} for block in blocks)
+    steps = [shape for shape in result.shapes if shape.kind == "step"]
+    assert len(steps) == 30 and all(shape.in_place for shape in steps)
+    assert forward_cost(spec, steps[0], 2, "fp32", concatenating_cache=True) == forward_cost(spec, steps[0], 2, "fp32")

@@ -240,9 +240,9 @@ def test_only_the_models_confidences_make_a_step_read_the_device(tiny_dlm, tiny_
         finally:
             reads.on = True
 
-    def result(log, tokens):
+    def result(log, tokens, **kwargs):
         reads.on = False
-        return real_result(log, tokens)
+        return real_result(log, tokens, **kwargs)
 
     monkeypatch.setattr(executor, "forward", forward)
     monkeypatch.setattr(ForwardLog, "result", result)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -104,3 +106,18 @@ def test_a_smoke_run_saves_the_committed_record(pytester):
         assert {key: info[key] for key in expected if key not in numbers} == {
             key: value for key, value in expected.items() if key not in numbers}, point
         assert [info[key] for key in numbers] == pytest.approx([expected[key] for key in numbers], rel=1e-9), point
+
+
+def test_the_tests_own_sessions_measure_the_cpu(pytester):
+    """Whatever this machine has: on a GPU, the defaults would pick CUDA and the 8B grid."""
+    pytester.makepyfile(test_device="""
+import os
+
+def test_device(dlm_settings, pytestconfig):
+    assert "--dlm-device=cpu" in os.environ["PYTEST_ADDOPTS"] and pytestconfig.getoption("dlm_device") == "cpu"
+    assert dlm_settings.device == "cpu" and dlm_settings.grid == "smoke" and dlm_settings.dtype == "fp32"
+""")
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
+    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q"], cwd=pytester.path,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout

@@ -269,6 +269,7 @@ def test_a_record_survives_the_trip_to_the_controller():
     (["--dlm-shard=3/2"], "'3/2' is not a shard; allowed: I/N with 1 <= I <= N"),
     (["--dlm-shard=9/9"], "--dlm-shard=9/9 selects no point: the selection has 3 point(s)"),
 ])
+@pytest.mark.default_device  # where the default is the CPU: on CUDA machines it is skipped
 def test_bad_devices_and_shards_are_usage_errors(pytester, options, message):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")

@@ -28,6 +28,7 @@ class AutoregressiveDecoder:
 
     name: ClassVar[str] = "ar"
     strategies: ClassVar[tuple[str, ...]] = ("baseline",)
+    paper_equation: ClassVar[str] = "eq. 11"  # paper_arithmetic_intensity's closed form
     temperature: float = 0.0
     seed: int = 0  # sampling noise, with a temperature
 

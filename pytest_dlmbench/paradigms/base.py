@@ -51,6 +51,7 @@ class ForwardShape:
     logits: int  # positions whose logits were computed
     attention: str = "full"  # "full" (bidirectional), "causal" (queries last) or "block_causal"
     kv_written: int = 0  # positions whose KV this forward wrote into a cache
+    in_place: bool = False  # the KV written replaced slots the cache holds (no cache grows by concatenation)
     softmax_rows: int = 0  # positions whose logits the scoring after the forward took a softmax over
     softmax_bytes: int = 0  # bytes that scoring moved per softmax row and vocab entry
 
@@ -65,6 +66,7 @@ class GenerationResult:
     shapes: tuple[ForwardShape, ...] = ()  # every forward, in order
     commits: tuple[tuple[tuple[int, ...], ...], ...] = ()  # per (span, step, row): positions committed
     row_nfe: tuple[int, ...] = ()  # per row: the forwards it needed (nfe minus its steps that committed nothing)
+    decoded_len: int | None = None  # per row: positions decoded past the prompt, where more than gen_len
 
 
 class ForwardLimitReached(Exception):
@@ -90,19 +92,21 @@ class ForwardLog:
 
     @contextmanager
     def forward(self, kind: str, tokens: int, context: int, logits: int, attention: str = "full",
-                kv_written: int = 0) -> Iterator[None]:
+                kv_written: int = 0, in_place: bool = False) -> Iterator[None]:
         """Wrap one model forward of `kind` ("prefill", "decode", "step", "refresh", "commit") and
         record its shape (per sequence; see ForwardShape)."""
         with self.timer.region(kind):
             yield
-        self.shapes.append(ForwardShape(kind, tokens, context, logits, attention, kv_written))
+        self.shapes.append(ForwardShape(kind, tokens, context, logits, attention, kv_written, in_place))
         self.nfe += 1
         if self.progress is not None:
             self.progress(self.nfe)
         if self.limit is not None and self.nfe >= self.limit:
             raise ForwardLimitReached
 
-    def result(self, tokens: torch.Tensor) -> GenerationResult:
+    def result(self, tokens: torch.Tensor, decoded_len: int | None = None) -> GenerationResult:
+        """`tokens` (batch, gen_len); `decoded_len`: the positions per row the decoder filled, where
+        it decoded past gen_len (a padded last block)."""
         import torch
 
         commits: dict[int, list[tuple[int, ...]]] = {}
@@ -114,7 +118,8 @@ class ForwardLog:
                 commits.setdefault(span, []).append(tuple(row_counts))
         spans = tuple(tuple(commits.get(span, ())) for span in range(max(commits, default=-1) + 1))
         return GenerationResult(tokens=tokens, nfe=self.nfe, forward_ms=self.timer.read(), shapes=tuple(self.shapes),
-                                commits=spans, row_nfe=tuple(self.nfe - count for count in idle))
+                                commits=spans, row_nfe=tuple(self.nfe - count for count in idle),
+                                decoded_len=decoded_len)
 
 
 class Paradigm(Protocol):
@@ -122,6 +127,7 @@ class Paradigm(Protocol):
 
     name: ClassVar[str]
     strategies: ClassVar[tuple[str, ...]]  # the first is the baseline
+    paper_equation: ClassVar[str]  # the seed paper's Appendix A equation of its arithmetic intensity
 
     def validate(self, spec: ModelSpec, prompt_len: int, gen_len: int, batch_size: int) -> None: ...
 

@@ -54,6 +54,7 @@ class BlockDiffusionDecoder:
 
     name: ClassVar[str] = "block"
     strategies: ClassVar[tuple[str, ...]] = ("baseline", "parallel", "parallel+subblock_cache")
+    paper_equation: ClassVar[str] = "eq. 12"  # paper_arithmetic_intensity's closed form
     acceptance: Acceptance = field(default_factory=lambda: Threshold(1.0))
     subblock_cache: bool = False
     subblock_len: int | None = None  # None: the model's sub-block size
@@ -184,7 +185,7 @@ class BlockDiffusionDecoder:
                             cache.drop(sub.start, sub.stop)  # keep prefix + the rest of the block
                     else:  # only the sub-block; its first position (committed) takes its own logit
                         with log.forward("step", sub.stop - sub.start, end, sub.stop - sub.start,
-                                         kv_written=sub.stop - sub.start):
+                                         kv_written=sub.stop - sub.start, in_place=True):  # the sub-block's slots
                             logits, rows = scoring.forward(runtime, x[:, sub], sub.start,
                                                            (shifted - sub.start).clamp(min=0), cache)
                     x[:, sub], committed = commit(x[:, sub], logits, rows, mask_id, next(counts), threshold, scoring,
@@ -199,4 +200,4 @@ class BlockDiffusionDecoder:
                                  kv_written=end - start):  # append the block's KV
                     logits, _ = scoring.forward(runtime, x[:, start:end], start, 1, cache, keep=True)
                 first_token = greedy_token(logits, mask_id)
-        return log.result(x[:, prompt_len : prompt_len + gen_len])
+        return log.result(x[:, prompt_len : prompt_len + gen_len], decoded_len=total - prompt_len)

@@ -55,6 +55,7 @@ class MaskedDiffusionDecoder:
 
     name: ClassVar[str] = "dlm"
     strategies: ClassVar[tuple[str, ...]] = ("baseline", "prefix_cache", "dual_cache", "parallel", "dual_cache+parallel")
+    paper_equation: ClassVar[str] = "eq. 13"  # paper_arithmetic_intensity's closed form
     block_len: int = 32
     steps: int | None = None  # None: one step per generated token
     cache: str = "none"  # one of CACHES
@@ -150,7 +151,7 @@ class MaskedDiffusionDecoder:
                     span_end = total if self.cache == "prefix" else end  # prefix: the block and all after it
                     with log.forward("step", span_end - start, total,
                                      self.scoring.logit_rows(span_end - start, self.block_len),
-                                     kv_written=span_end - start):
+                                     kv_written=span_end - start, in_place=self.cache == "dual"):  # the block's slots
                         logits, rows = forward(runtime, x[:, start:span_end], start, block_rows, cache)
                 x[:, start:end], committed = commit(x[:, start:end], logits, rows, mask_id, next(counts),
                                                     acceptance.threshold, self.scoring, noise)

@@ -6,6 +6,7 @@ host, not the device, sets the pace.
 
 from __future__ import annotations
 
+import functools
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -14,28 +15,70 @@ from pytest_dlmbench.runtimes.base import block_causal_mask, cache_keyword, chec
 
 if TYPE_CHECKING:
     import torch
-    from transformers import DynamicCache, PreTrainedModel
+    from transformers import PreTrainedModel
+
+
+@functools.cache
+def slot_cache_class() -> type:
+    """transformers' DynamicCache that can also write a forward's keys over slots it holds."""
+    from transformers import DynamicCache
+
+    class SlotCache(DynamicCache):
+        write_at: slice | None = None  # while set, `update` overwrites these slots instead of appending
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any,
+                   **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+            if self.write_at is None:
+                return super().update(key_states, value_states, layer_idx, *args, **kwargs)
+            layer = self.layers[layer_idx]  # keys (B, KVH, slots, D)
+            layer.keys[..., self.write_at, :] = key_states
+            layer.values[..., self.write_at, :] = value_states
+            return layer.keys, layer.values
+
+        def get_mask_sizes(self, *args: Any, **kwargs: Any) -> tuple[int, int]:
+            length, offset = super().get_mask_sizes(*args, **kwargs)  # counts the queries as appended
+            if self.write_at is not None:
+                length -= self.write_at.stop - self.write_at.start
+            return length, offset
+
+    return SlotCache
 
 
 @dataclass
 class DynamicKV:
-    """transformers' DynamicCache, edited by concatenation; positions are cache indices."""
+    """transformers' DynamicCache; positions are cache indices. A dropped span stays stored, stale,
+    until a forward of exactly that span writes its keys there in place (Fast-dLLM's dual cache
+    replaces the block's slots so; appending instead copies the whole cache in every layer); any
+    other edit or forward first cuts it out."""
 
-    cache: DynamicCache
+    cache: Any  # SlotCache
     model: PreTrainedModel
     batch: int
+    stale: tuple[int, int] | None = None  # dropped positions still stored
 
     def length(self) -> int:
-        return self.cache.get_seq_length()
+        """Positions the cache holds (stale ones not counted)."""
+        start, end = self.stale or (0, 0)
+        return self.cache.get_seq_length() - (end - start)
 
     def truncate(self, length: int) -> None:
+        self.cut_stale()
         excess = self.length() - length
         if excess > 0:
             self.cache.crop(-excess)
 
     def drop(self, start: int, end: int) -> None:
+        self.cut_stale()
+        self.stale = (start, end)
+
+    def cut_stale(self) -> None:
+        """Remove the stale span by concatenating what is around it."""
         import torch
 
+        if self.stale is None:
+            return
+        start, end = self.stale
+        self.stale = None
         for layer in self.cache.layers:
             layer.keys = torch.cat([layer.keys[..., :start, :], layer.keys[..., end:, :]], dim=-2)
             layer.values = torch.cat([layer.values[..., :start, :], layer.values[..., end:, :]], dim=-2)
@@ -43,6 +86,7 @@ class DynamicKV:
     def extend(self, length: int) -> None:
         import torch
 
+        self.cut_stale()
         config, model = self.model.config, self.model
         for index in range(config.num_hidden_layers):
             missing = length - self.cache.get_seq_length(index)
@@ -62,11 +106,10 @@ class EagerRuntime:
         self.model = model
         self.capture_s: float | None = None
         self.keyword = cache_keyword(model)
+        self._cache_class = slot_cache_class()
 
     def new_cache(self, batch: int, capacity: int) -> DynamicKV:
-        from transformers import DynamicCache
-
-        return DynamicKV(DynamicCache(config=self.model.config), self.model, batch)
+        return DynamicKV(self._cache_class(config=self.model.config), self.model, batch)
 
     def forward(self, ids: torch.Tensor, start: int, rows: torch.Tensor | int, cache: DynamicKV | None = None,
                 keep: bool = False, attention: str = "full", block_size: int | None = None) -> torch.Tensor:
@@ -77,12 +120,22 @@ class EagerRuntime:
         kwargs: dict[str, Any] = {"is_causal": attention == "causal"}
         if attention == "block_causal":
             kwargs["attention_mask"] = block_causal_mask(n, block_size or n, ids.device)
+        in_place = cache is not None and cache.stale == (start, start + n)
         if cache is not None:
+            if not in_place:
+                cache.cut_stale()
             kwargs[self.keyword] = cache.cache
+            cache.cache.write_at = slice(start, start + n) if in_place else None
         positions = torch.arange(start, start + n, device=ids.device)[None]  # (1, n)
-        logits = self.model(ids, position_ids=positions, use_cache=cache is not None, logits_to_keep=rows,
-                            **kwargs).logits
-        if cache is not None and not keep:
+        try:
+            logits = self.model(ids, position_ids=positions, use_cache=cache is not None, logits_to_keep=rows,
+                                **kwargs).logits
+        finally:
+            if cache is not None:
+                cache.cache.write_at = None
+        if in_place and keep:
+            cache.stale = None  # the span's slots hold its keys now
+        elif cache is not None and not keep and not in_place:
             cache.cache.crop(-n)
         return logits
 

@@ -1,4 +1,4 @@
-"""Static shapes, each forward shape captured once as a CUDA graph and replayed.
+"""Static shapes, each launch-bound forward shape captured once as a CUDA graph and replayed.
 
 The KV cache is allocated once at its final length, one slot per absolute position; a forward
 writes its keys into its positions' slots and attends to the slots [0, window). Positions,
@@ -11,6 +11,11 @@ around this module's attention, which stays on fused kernels:
 - other decode steps (fp32) attend to a window rounded up to WINDOW_BUCKET slots under a length mask,
   so a generation captures a handful of decode graphs instead of one per step; SDPA's fused
   kernels take a mask only without `enable_gqa`, so grouped query heads are folded into rows.
+
+A forward of more than CAPTURE_MAX_TOKENS tokens (batch x positions) runs the same static code
+uncaptured: its device time dwarfs its launches, and a graph would hold its activations and
+logits in the graph pool for the rest of the point, where eager frees them after the forward (at
+batch 64 that pool is gigabytes: the graphs runtime would run out of memory at batches eager fits).
 
 On the CPU the same static code runs without capture (and without split-KV, which runs on CUDA):
 the tests prove it equal to eager.
@@ -37,7 +42,10 @@ if TYPE_CHECKING:
 
 ATTENTION_NAME = "dlmbench_window"  # not a mask interface of transformers': the model builds no mask
 COMPILE = True  # captured graphs run the fused layer steps compiled (False: as written, for comparison)
-WINDOW_BUCKET = 256  # decode windows are multiples of this many slots
+WINDOW_BUCKET = 256  # masked decode windows are multiples of this many slots
+# Larger forwards run uncaptured: 1024 tokens of an 8B model are ~16 TFLOP, >20 ms of device time
+# against a few ms of launches that the host issues ahead of the device.
+CAPTURE_MAX_TOKENS = 1024
 
 
 def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, folded_mask: torch.Tensor | None,
@@ -209,8 +217,10 @@ class GraphRuntime:
         self._cache_class = static_cache_class()
 
     def new_cache(self, batch: int, capacity: int) -> Any:
-        """The runtime's one cache of this size, emptied: captured graphs hold its slots' addresses."""
-        slots = -(-capacity // WINDOW_BUCKET) * WINDOW_BUCKET if self.capture else capacity
+        """The runtime's one cache of this size, emptied: captured graphs hold its slots' addresses.
+        Where decode steps attend to masked windows, whole windows of slots."""
+        bucketed = self.capture and not self.split_kv
+        slots = -(-capacity // WINDOW_BUCKET) * WINDOW_BUCKET if bucketed else capacity
         if (batch, slots) not in self.caches:
             self.caches[batch, slots] = self._cache_class(self.model, batch, slots)
         cache = self.caches[batch, slots]
@@ -232,7 +242,7 @@ class GraphRuntime:
         key = (tuple(ids.shape), window, masked, split, attention, rows if isinstance(rows, int) else len(rows),
                id(cache))
         captured = self.graphs.get(key)
-        if captured is None:  # the buffers of a new shape (on the CPU: of every call)
+        if captured is None:  # the buffers of a new shape (uncaptured: of every call)
             mask = block_causal_mask(n, block_size, ids.device) if attention == "block_causal" else (
                 torch.empty(1, 1, n, window, dtype=torch.bool, device=ids.device) if masked else None)
             captured = Captured(ids.clone(), torch.empty(n, dtype=torch.long, device=ids.device),
@@ -250,7 +260,7 @@ class GraphRuntime:
             captured.split.lengths.fill_(valid)
         if cache is not None:
             cache.slots, cache.window = captured.slots, window
-        if not self.capture:
+        if not self.capture or ids.shape[0] * n > CAPTURE_MAX_TOKENS:
             logits = self._run(captured, cache, attention)
         else:
             seen = captured.graph is not None
