@@ -5,15 +5,21 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
 from collections.abc import Sequence
 
 from pytest_dlmbench import __version__
 from pytest_dlmbench.gate import (
     DEFAULT_GATE,
+    EXIT_BROKEN_INPUT,
+    EXIT_CRASH,
+    EXIT_NOTHING_COMPARED,
+    EXIT_REGRESSION,
     GateError,
     GateRule,
     check_rules,
     compare,
+    compared_points,
     noise,
     noise_table,
     recommended_threshold,
@@ -45,11 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command")
-    compare_cmd = commands.add_parser("compare", help="Gate NEW against BASE; exit 1 on a regression.")
+    compare_cmd = commands.add_parser(
+        "compare", help="Gate NEW against BASE.",
+        description="Gate NEW against BASE. Exit codes: 0 no regression, 1 regression, 2 unusable file, rule or "
+                    "machine mismatch, 3 no point of NEW matches one of BASE (nothing compared), 4 crash.")
     compare_cmd.add_argument("base", help="baseline run (--benchmark-save, --benchmark-json or --dlm-journal file)")
     compare_cmd.add_argument("new", help="run to judge")
     compare_cmd.add_argument("--gate", type=_rule, action="append", metavar="METRIC:THRESHOLD",
-                             help=f"rule, repeatable; e.g. tokens_per_s:5%%, latency_s:0.2. Default: {DEFAULT_GATE[0]}")
+                             help="rule, repeatable; e.g. tokens_per_s:5%%, latency_s:0.2. Default: "
+                             + DEFAULT_GATE[0].replace("%", "%%"))
     compare_cmd.add_argument("--allow-mismatch", action="store_true",
                              help="compare even when GPU or software versions differ")
     report_cmd = commands.add_parser("report", help="Markdown tables and PNG figures for saved runs (overlaid).")
@@ -71,22 +81,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _compare(args: argparse.Namespace) -> int:
     base, new = load_run(args.base), load_run(args.new)
+    base.check_baseline()
     differences = machine_mismatch(base.machine, new.machine)
     if differences and not args.allow_mismatch:
         print(f"error: {args.base} and {args.new} come from different machines or software:\n  "
               + "\n  ".join(differences) + "\n(use --allow-mismatch to compare anyway)", file=sys.stderr)
-        return 2
+        return EXIT_BROKEN_INPUT
     rules = args.gate or [GateRule.parse(rule) for rule in DEFAULT_GATE]
     try:
         check_rules(rules, base.points)
     except GateError as error:
         print(f"error: {error} (in {args.base})", file=sys.stderr)
-        return 2
+        return EXIT_BROKEN_INPUT
     verdicts = compare(base.points, new.points, rules)
     print(verdict_table(verdicts))
     failed = [v for v in verdicts if v.fails]
     print(f"\n{len(failed)} regression(s) under {', '.join(rule.describe() for rule in rules)}")
-    return 1 if failed else 0
+    if failed:
+        return EXIT_REGRESSION
+    if not compared_points(verdicts):
+        print(f"error: no point of {args.new} matches a point of {args.base}: nothing was compared", file=sys.stderr)
+        return EXIT_NOTHING_COMPARED
+    return 0
 
 
 def _noise(args: argparse.Namespace) -> int:
@@ -131,7 +147,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return {"compare": _compare, "noise": _noise, "merge": _merge, "report": _report}[args.command](args)
     except RunFileError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_BROKEN_INPUT
+    except Exception:  # noqa: BLE001 - a crash must not exit 1, which reads as a regression
+        traceback.print_exc()
+        return EXIT_CRASH
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import statistics
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -48,6 +49,12 @@ class BenchPoint:
     strategy: str = "baseline"
     runtime: str = DEFAULT_RUNTIME
     fidelity: str = DEFAULT_FIDELITY
+
+    def __post_init__(self) -> None:
+        for name in ("prompt_len", "gen_len", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"BenchPoint {name}={value!r}: must be an integer >= 1")
 
     @property
     def id(self) -> str:
@@ -253,9 +260,10 @@ class PointMetrics:
         return self.peak_mem_allocated_bytes if self.peak_mem_allocated_bytes is not None else self.peak_rss_bytes
 
     def to_extra_info(self) -> dict[str, Any]:
+        """The flat, strict-JSON record: a non-finite number (a rate over a zero time) is null."""
         info = dataclasses.asdict(self)
         roofline, extra = info.pop("roofline"), info.pop("extra")
-        return {key: list(value) if isinstance(value, tuple) else value for key, value in info.items()} | roofline | extra
+        return {key: _strict(value) for key, value in (info | roofline | extra).items()}
 
     @classmethod
     def from_extra_info(cls, info: dict[str, Any], roofline_keys: tuple[str, ...]) -> PointMetrics:
@@ -376,6 +384,15 @@ class Settings:
         import torch
 
         return getattr(torch, DTYPES[self.dtype])
+
+
+def _strict(value: Any) -> Any:
+    """`value` as strict JSON holds it: tuples as lists, inf and nan as None."""
+    if isinstance(value, (tuple, list)):
+        return [_strict(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _tuples(value: Any) -> Any:

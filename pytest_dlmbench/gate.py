@@ -51,6 +51,11 @@ DIRECTIONS = {  # +1: higher is better, -1: lower is better
 LATENCY_EXPONENT = {"latency_s": 1, "tokens_per_s": -1, "achieved_tflops": -1, "achieved_gbps": -1,
                     "roofline_fraction": -1}
 DEFAULT_GATE = ("tokens_per_s:5%",)
+# Exit codes of `dlmbench compare`; a pytest session gate exits 1 on a regression, 4 (usage error)
+# on an unusable baseline, and NOTHING_COMPARED_PYTEST where no point matched (pytest owns 0-5).
+EXIT_REGRESSION, EXIT_BROKEN_INPUT, EXIT_NOTHING_COMPARED, EXIT_CRASH = 1, 2, 3, 4
+NOTHING_COMPARED_PYTEST = 6
+UNMATCHED = {"new", "missing", "not comparable"}  # verdicts that compare nothing
 COMPLETED = {"ok", "untimed"}  # statuses whose metrics are judged
 
 
@@ -249,6 +254,12 @@ def compare(base: dict[str, dict[str, Any]], new: dict[str, dict[str, Any]], rul
             continue
         verdicts += [judge(point, rule, base[point], new[point]) for rule in rules]
     return holm(verdicts)
+
+
+def compared_points(verdicts: list[Verdict]) -> int:
+    """How many points both runs have and a rule could judge: 0 means the gate compared nothing
+    (every point new, missing or measured another way), which must not read as a pass."""
+    return len({verdict.point for verdict in verdicts if verdict.verdict not in UNMATCHED})
 
 
 def verdict_table(verdicts: list[Verdict]) -> str:

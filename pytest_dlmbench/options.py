@@ -10,6 +10,7 @@ lazily, by `Settings.resolved()`.
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,13 +75,14 @@ def _int_list(text: str) -> tuple[int, ...]:
     return tuple(positive_int(part) for part in parts)
 
 
-def _number(minimum: float, kind: str) -> Callable[[str], float]:
+def _number(minimum: float, kind: str, maximum: float = math.inf) -> Callable[[str], float]:
+    """A finite number in [minimum, maximum] (inf and nan would reach the saved JSON as non-JSON)."""
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
-            value = float("nan")
-        if not value >= minimum:
+            value = math.nan
+        if not (minimum <= value <= maximum and math.isfinite(value)):
             raise argparse.ArgumentTypeError(f"{text!r} is not {kind}")
         return value
 
@@ -88,7 +90,7 @@ def _number(minimum: float, kind: str) -> Callable[[str], float]:
 
 
 def _dispersion(text: str) -> float:
-    value = _number(0.0, "a dispersion: 0, or a number >= 1")(text)
+    value = _number(0.0, "a finite dispersion: 0, or a number >= 1")(text)
     if 0 < value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a dispersion: 0 (every row the mean) or a number >= 1 "
                                          "(1: Poisson, above: negative binomial)")
@@ -217,13 +219,13 @@ OPTIONS: tuple[Option, ...] = (
            f"Default: {DEFAULT_FIDELITY}.", _names("fidelity", dict.fromkeys(FIDELITY_NAMES)), (DEFAULT_FIDELITY,)),
     Option("--dlm-temperature", "decode.temperature", "Sample with Gumbel-max noise at this temperature (the "
            "diffusion decoders' noise in the fidelity's dtype: float64 for reference dlm); 0 is greedy. Default: 0.",
-           _number(0.0, "a temperature >= 0"), 0.0),
+           _number(0.0, "a finite temperature >= 0"), 0.0),
     Option("--dlm-threshold", "decode.threshold", "Parallel strategies with real weights: commit masked positions "
-           "more confident than this. Default: 0.9.", _number(1e-9, "a positive confidence threshold"), 0.9),
+           "more confident than this. Default: 0.9.", _number(1e-9, "a confidence threshold in (0, 1]", 1.0), 0.9),
     Option("--dlm-tpf", "tpf", "Parallel strategies: commit this many of the most confident positions per forward "
            f"(simulated acceptance). Default: {DEFAULT_SIMULATED_TPF} with random weights; real confidences with a "
            "checkpoint. Each row draws its own count per forward with this mean (--dlm-tpf-dispersion), and a batch "
-           "forwards until its slowest row is done.", _number(1.0, "a tokens-per-forward target >= 1")),
+           "forwards until its slowest row is done.", _number(1.0, "a finite tokens-per-forward target >= 1")),
     Option("--dlm-tpf-dispersion", "decode.tpf_dispersion", "Simulated acceptance: variance / mean of each row's "
            "commits beyond the first per forward: 0 (every row commits the running mean), 1 (Poisson) or above "
            "(negative binomial); seeded by --dlm-seed. Default: 1.", _dispersion, 1.0),

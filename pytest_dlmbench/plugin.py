@@ -42,6 +42,7 @@ VERDICTS = pytest.StashKey[list["Verdict"]]()
 GATE_ROUNDS = pytest.StashKey[dict[str, int]]()  # test id -> timed rounds the gate needs
 BASELINE_SHAPES = pytest.StashKey[set]()  # shape keys whose baseline strategy the session runs
 ALL_TIMED = pytest.StashKey[bool]()  # every test that uses pytest-benchmark is a point this plugin times
+PARTIAL = pytest.StashKey[str]()  # why the session stopped before its selection ended
 CONTROLLER = pytest.StashKey["Controller"]()  # under pytest-xdist, in the controller: GPUs and received points
 
 
@@ -75,11 +76,32 @@ def pytest_configure(config: pytest.Config) -> None:
 
         raise pytest.UsageError(f"--dlm-devices={devices_text(settings.devices)}: needs pytest-xdist workers (-n N); "
                                 "one process picks its GPU with --dlm-device=cuda:N")
+    if not is_worker(config):
+        _check_outputs(config)
     if settings.journal is not None and not is_worker(config):
         config.stash[JOURNAL] = _open_journal(config, settings.journal)
     from pytest_dlmbench.store import install_exclusive_save
 
     install_exclusive_save()
+
+
+def _check_outputs(config: pytest.Config) -> None:
+    """Where the run will be saved must take a file now, not after the whole grid has run."""
+    from pathlib import Path
+
+    from pytest_dlmbench.store import RunFileError, check_writable, storage_folder
+
+    storage = str(config.getoption("benchmark_storage", "") or "")
+    json_path = config.getoption("benchmark_json", None)
+    try:
+        if (config.getoption("benchmark_save", None) or config.getoption("benchmark_autosave", False)) and (
+                "://" not in storage or storage.startswith("file://")):
+            check_writable(storage_folder(storage), "--benchmark-save")
+        if json_path is not None:  # a path (pytest-benchmark >= 5.3), or the file it opened (5.2)
+            path = Path(json_path if isinstance(json_path, (str, Path)) else json_path.name)
+            check_writable(path.absolute().parent, "--benchmark-json", create=False)
+    except RunFileError as error:
+        raise pytest.UsageError(str(error)) from None
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -224,6 +246,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         else:
             raise pytest.UsageError("--dlm-gate needs a baseline: --dlm-baseline=PATH or --benchmark-compare")
         baseline = load_run(path)
+        baseline.check_baseline()
     except RunFileError as error:
         raise pytest.UsageError(f"gate baseline: {error}") from None
     differences = machine_mismatch(baseline.machine, machine_info(resolved_settings(config)))
@@ -262,6 +285,12 @@ def pytest_sessionfinish(session: pytest.Session) -> Iterator[None]:
     """Runs before pytest-benchmark saves (its own hook wrapper saves on entry)."""
     config = session.config
     benchmarks = getattr(config, "_benchmarksession", None)
+    stopped = "interrupted" if session.exitstatus == pytest.ExitCode.INTERRUPTED else session.shouldfail or \
+        session.shouldstop
+    if stopped:  # saved as partial, never a baseline; the point cut off mid-measurement has no record
+        config.stash[PARTIAL] = f"stopped before the selection ended: {stopped}"
+        if benchmarks is not None:
+            benchmarks.benchmarks[:] = [bench for bench in benchmarks.benchmarks if bench.extra_info]
     if benchmarks is not None and CONTROLLER in config.stash:
         benchmarks.benchmarks.extend(config.stash[CONTROLLER].benchmarks)
     if benchmarks is not None and not benchmarks.benchmarks and config.stash.get(RESULTS, None):
@@ -277,7 +306,7 @@ def _gate(session: pytest.Session) -> None:
     config = session.config
     if GATE_BASELINE not in config.stash:
         return
-    from pytest_dlmbench.gate import compare
+    from pytest_dlmbench.gate import NOTHING_COMPARED_PYTEST, compare, compared_points
 
     rules = gate_rules(config.stash[SETTINGS])
     current = {test_id: metrics.to_extra_info() for test_id, metrics in config.stash[RESULTS].items()}
@@ -285,6 +314,8 @@ def _gate(session: pytest.Session) -> None:
     config.stash[VERDICTS] = verdicts
     if any(verdict.fails for verdict in verdicts):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    elif not compared_points(verdicts) and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = NOTHING_COMPARED_PYTEST
 
 
 def resolved_settings(config: pytest.Config) -> Settings:
@@ -469,9 +500,11 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
 
 def pytest_benchmark_update_json(config: pytest.Config, output_json: dict[str, Any]) -> None:
     """Stamp the schema, and save the points pytest-benchmark drops because they did not finish."""
-    from pytest_dlmbench.store import FAILED_KEY, SCHEMA_KEY, SCHEMA_VERSION, failed_entry
+    from pytest_dlmbench.store import FAILED_KEY, PARTIAL_KEY, SCHEMA_KEY, SCHEMA_VERSION, failed_entry
 
     output_json[SCHEMA_KEY] = SCHEMA_VERSION
+    if PARTIAL in config.stash:
+        output_json[PARTIAL_KEY] = config.stash[PARTIAL]
     output_json[FAILED_KEY] = [failed_entry(test_id, metrics.to_extra_info())
                                for test_id, metrics in config.stash.get(RESULTS, {}).items() if metrics.status != "ok"]
 
@@ -484,10 +517,13 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         terminalreporter.section("dlmbench")
         terminalreporter.write_line(summary_table(results.values()))
     if VERDICTS in config.stash:
-        from pytest_dlmbench.gate import verdict_table
+        from pytest_dlmbench.gate import compared_points, verdict_table
 
         verdicts = config.stash[VERDICTS]
         failed = sum(verdict.fails for verdict in verdicts)
         terminalreporter.section("dlmbench gate", red=bool(failed), green=not failed)
         terminalreporter.write_line(verdict_table(verdicts))
         terminalreporter.write_line(f"{failed} regression(s) against {config.stash[GATE_BASELINE].path}")
+        if not compared_points(verdicts):
+            terminalreporter.write_line(f"no point of this run matches a point of {config.stash[GATE_BASELINE].path}: "
+                                        "nothing was compared", red=True)

@@ -62,17 +62,38 @@ def probe_in_process(settings: Settings, point: BenchPoint, model: Any, spec: An
                        statistics.fmean(steps) if steps else None, sum(times.get("prefill", [])))
 
 
+def die_with_parent(parent: int) -> None:
+    """In a child process (Linux): be killed when the parent dies, even by SIGKILL, so a killed
+    boundary search leaves no probe holding the GPU. Elsewhere a no-op."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import os
+    import signal
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
+def run_child(command: list[str]) -> subprocess.CompletedProcess[str]:
+    """`command` in a child process that dies with this one; its output captured."""
+    import os
+
+    parent = os.getpid()
+    return subprocess.run(command, capture_output=True, text=True,  # noqa: PLW1509 (no threads start it)
+                          preexec_fn=lambda: die_with_parent(parent))
+
+
 def probe_isolated(argv: list[str], batch: int) -> ProbeResult:
     """Run one probe in a fresh Python process (`python -m pytest_dlmbench.probe`)."""
-    done = subprocess.run([sys.executable, "-m", "pytest_dlmbench.probe", *argv, f"--batch={batch}"],
-                          capture_output=True, text=True)
+    done = run_child([sys.executable, "-m", "pytest_dlmbench.probe", *argv, f"--batch={batch}"])
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
         raise RuntimeError(f"isolated probe at batch {batch} failed (exit {done.returncode}): {done.stderr[-2000:]}")
     result = json.loads(lines[-1])
     return ProbeResult(**result)
-
-
 
 
 def probe_arguments(settings: Settings, point: BenchPoint) -> list[str]:

@@ -28,13 +28,28 @@ def synthetic_prompts(vocab_limit: int, batch_size: int, prompt_len: int, seed: 
     return torch.randint(0, vocab_limit, (batch_size, prompt_len), generator=generator).to(device)
 
 
+OFFLINE_VARIABLES = ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
+
+
 @contextmanager
-def _offline() -> Iterator[None]:
-    saved = {key: os.environ.get(key) for key in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")}
-    os.environ.update({key: "1" for key in saved})
+def _offline() -> Iterator[Any]:
+    """`datasets`, imported offline: its flags are read from the environment when it is first
+    imported, so they are set before that and, for an import made earlier, on its config too."""
+    saved = {key: os.environ.get(key) for key in OFFLINE_VARIABLES}
+    os.environ.update(dict.fromkeys(OFFLINE_VARIABLES, "1"))
+    import datasets
+    import huggingface_hub.constants
+
+    flags = [(datasets.config, name) for name in OFFLINE_VARIABLES if hasattr(datasets.config, name)]
+    flags += [(huggingface_hub.constants, "HF_HUB_OFFLINE")]
+    before = [getattr(holder, name) for holder, name in flags]
+    for holder, name in flags:
+        setattr(holder, name, True)
     try:
-        yield
+        yield datasets
     finally:
+        for (holder, name), value in zip(flags, before):
+            setattr(holder, name, value)
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -42,12 +57,27 @@ def _offline() -> Iterator[None]:
                 os.environ[key] = value
 
 
-def load_gsm8k(path: str | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(train, test) records from a local copy: a save_to_disk folder, data files, or the HF cache."""
-    import datasets
+_LOADED: dict[str | None, tuple[list[dict[str, Any]], list[dict[str, Any]]] | PromptError] = {}
 
+
+def load_gsm8k(path: str | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(train, test) records from a local copy: a save_to_disk folder, data files, or the HF cache,
+    never the network. Loaded once a process; a failure is remembered, so later points fail at
+    once instead of waiting for it again."""
+    if path not in _LOADED:
+        try:
+            _LOADED[path] = _load_gsm8k(path)
+        except PromptError as error:
+            _LOADED[path] = error
+    loaded = _LOADED[path]
+    if isinstance(loaded, PromptError):
+        raise loaded
+    return loaded
+
+
+def _load_gsm8k(path: str | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     try:
-        with _offline():
+        with _offline() as datasets:
             if path is None:
                 data = datasets.load_dataset("openai/gsm8k", "main")
             elif (Path(path) / "dataset_dict.json").exists() or (Path(path) / "state.json").exists():

@@ -117,7 +117,6 @@ class PointRunner:
         self.gate_rounds = gate_rounds  # the rounds the gate needs to judge this point against its baseline
         self.baseline_selected = baseline_selected  # does the session run this point's baseline strategy?
         self.on_oom = on_oom  # called with an out-of-memory point's record (the fixture skips the test)
-        self._gsm8k: tuple[list[dict[str, Any]], list[dict[str, Any]]] | None = None
 
     def __call__(self, point: BenchPoint, generate: GenerateFn | None = None, vocab_size: int | None = None,
                  extra: dict[str, Any] | None = None) -> PointMetrics:
@@ -179,7 +178,9 @@ class PointRunner:
 
             def run_user() -> GenerationResult:
                 out = generate(prompt_ids)
-                return out if isinstance(out, GenerationResult) else GenerationResult(tokens=out, nfe=0)
+                result = out if isinstance(out, GenerationResult) else GenerationResult(tokens=out, nfe=0)
+                check_generated(point, result.tokens)
+                return result
 
             return PointPlan(point, run_user, {"weights": "user", "block_size": None, "steps": None} | labels)
 
@@ -329,9 +330,16 @@ class PointRunner:
         if settings.prompts == "synthetic":
             return synthetic_prompts(loaded.spec.prompt_vocab_limit, point.batch_size, point.prompt_len, settings.seed,
                                      settings.torch_device)
-        if self._gsm8k is None:
-            self._gsm8k = load_gsm8k(settings.dataset)
-        return gsm8k_prompts(loaded.tokenizer(), self._gsm8k, point.batch_size, point.prompt_len, settings.torch_device)
+        return gsm8k_prompts(loaded.tokenizer(), load_gsm8k(settings.dataset), point.batch_size, point.prompt_len, settings.torch_device)
+
+
+def check_generated(point: BenchPoint, tokens: Any) -> None:
+    """A user's generate must return the point's tokens, (batch, gen_len) ids: fewer would be
+    counted as the point's and inflate tokens/s."""
+    shape = tuple(getattr(tokens, "shape", ()))
+    if shape != (point.batch_size, point.gen_len):
+        raise ValueError(f"{point.id}: generate returned {type(tokens).__name__} of shape {shape}; the point needs "
+                         f"token ids of shape (batch_size, gen_len) = ({point.batch_size}, {point.gen_len})")
 
 
 def point_labels(point: BenchPoint, settings: Settings) -> dict[str, Any]:

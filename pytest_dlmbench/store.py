@@ -14,10 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pytest_dlmbench.gate import DIRECTIONS, LATENCY_EXPONENT
 from pytest_dlmbench.journal import is_journal, journal_document
 
 SCHEMA_KEY = "dlmbench_schema"
 FAILED_KEY = "dlmbench_failed"  # points that ran out of memory or failed: pytest-benchmark keeps only finished ones
+PARTIAL_KEY = "dlmbench_partial"  # why a run stopped before its selection ended (Ctrl-C, -x); absent: it did not
+PARTIAL_PREFIX = "partial-"  # a partial --benchmark-save: outside the NNNN_ names that compare picks from
 SCHEMA_VERSION = 1
 # machine_info["dlmbench"] fields that must agree for two runs to be comparable.
 MATCHED_MACHINE_FIELDS = ("gpu_name", "gpu_count", "device", "dtype", "torch", "transformers", "cuda",
@@ -33,6 +36,11 @@ class SavedRun:
     path: str
     machine: dict[str, Any]  # machine_info["dlmbench"]
     points: dict[str, dict[str, Any]]  # test id (pytest-benchmark "fullname") -> extra_info
+    partial: str | None = None  # why the run stopped early; such a run is never a baseline
+
+    def check_baseline(self) -> None:
+        if self.partial:
+            raise RunFileError(f"{self.path}: a partial run ({self.partial}), not a baseline")
 
 
 def read_run_document(path: str | Path) -> dict[str, Any]:
@@ -66,7 +74,41 @@ def read_run_document(path: str | Path) -> dict[str, Any]:
             raise RunFileError(f"{name}: benchmark #{index} lacks 'fullname' or 'extra_info'")
     if not isinstance(data.get("machine_info", {}).get("dlmbench"), dict):
         raise RunFileError(f"{name}: no machine_info.dlmbench section")
+    for bench in data["benchmarks"] + data.get(FAILED_KEY, []):
+        _check_types(name, bench["fullname"], bench["extra_info"])
     return data
+
+
+NUMBER_KEYS = (*DIRECTIONS, *LATENCY_EXPONENT)  # what the gate computes with
+TEXT_KEYS = ("status", "paradigm", "strategy", "model", "runtime", "fidelity")
+
+
+def _check_types(name: str, point: str, info: dict[str, Any]) -> None:
+    """A wrongly typed key would pass loading and crash the gate after the whole run: refuse it now."""
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    for key in NUMBER_KEYS:
+        if info.get(key) is not None and not number(info[key]):
+            raise RunFileError(f"{name}: {point}: {key} is {info[key]!r}, not a number or null")
+    for key in TEXT_KEYS:
+        if info.get(key) is not None and not isinstance(info[key], str):
+            raise RunFileError(f"{name}: {point}: {key} is {info[key]!r}, not a string or null")
+    rounds = info.get("round_latencies_s")
+    if rounds is not None and not (isinstance(rounds, list) and all(number(value) for value in rounds)):
+        raise RunFileError(f"{name}: {point}: round_latencies_s is {rounds!r}, not a list of numbers")
+
+
+def check_writable(folder: str | Path, what: str, create: bool = True) -> None:
+    """Fail before anything runs where results could not be saved at the end: a folder that is
+    missing (unless `create`), read-only or full. Writes and removes a small file there."""
+    path = Path(folder)
+    if not path.is_dir() and not create:
+        raise RunFileError(f"{what}: folder {path} does not exist")
+    try:
+        Path(_written_temporary(path, ".dlmbench-check.", " " * 4096)).unlink()
+    except OSError as error:
+        raise RunFileError(f"{what}: cannot write in {path} ({error.strerror or error})") from None
 
 
 def failed_entry(test_id: str, extra_info: dict[str, Any]) -> dict[str, Any]:
@@ -78,7 +120,7 @@ def load_run(path: str | Path) -> SavedRun:
     """A saved run's machine and its points (finished and failed), keyed by test id."""
     data = read_run_document(path)
     points = {bench["fullname"]: bench["extra_info"] for bench in data["benchmarks"] + data.get(FAILED_KEY, [])}
-    return SavedRun(str(path), data["machine_info"]["dlmbench"], points)
+    return SavedRun(str(path), data["machine_info"]["dlmbench"], points, data.get(PARTIAL_KEY))
 
 
 def merge_runs(paths: list[str], replace: bool = False, allow_mismatch: bool = False) -> tuple[dict[str, Any], list[str]]:
@@ -189,16 +231,26 @@ def _numbered(folder: Path) -> list[Path]:
 
 
 def benchmark_compare_file(storage: str, compare: str | bool) -> Path:
-    """The saved run `--benchmark-compare[=NUM]` selects in pytest-benchmark's file storage."""
-    from pytest_benchmark.utils import get_machine_id
-
-    folder = Path(storage.removeprefix("file://")) / get_machine_id()
-    candidates = _numbered(folder)
-    if compare is not True:
-        candidates = [path for path in candidates if path.name.startswith(str(compare)) or str(compare) in path.name]
+    """The saved run `--benchmark-compare[=NUM]` selects in pytest-benchmark's file storage (the
+    newest, where its glob matches several)."""
+    folder = storage_folder(storage)
+    if compare is True:  # pytest-benchmark's choice: the newest numbered run
+        candidates = _numbered(folder)
+    else:  # and its glob: [MACHINE/]PREFIX, matched at the start of the name
+        machine, _, prefix = str(compare).rpartition("/")
+        pattern = prefix.rstrip("*") + "*.json"
+        candidates = sorted(path for path in (folder.parent.glob(machine) if machine else [folder])
+                            for path in path.glob(pattern))
     if not candidates:
         raise RunFileError(f"{folder}: no saved run matches --benchmark-compare={compare}")
     return candidates[-1]
+
+
+def storage_folder(storage: str) -> Path:
+    """This machine's folder of pytest-benchmark's file storage (`--benchmark-storage`)."""
+    from pytest_benchmark.utils import get_machine_id
+
+    return Path(storage.removeprefix("file://")) / get_machine_id()
 
 
 def install_exclusive_save() -> None:
@@ -220,8 +272,12 @@ def install_exclusive_save() -> None:
         existing = _numbered(folder)
         first = int(existing[-1].name[:4]) + 1 if existing else 1
         text = safe_dumps(output_json, ensure_ascii=True, indent=4)
-        path = exclusive_write_text(folder, lambda attempt: f"{first + attempt:04}_{save}.json", text,
-                                    claim_key=lambda name: name[:4])
+        if output_json.get(PARTIAL_KEY):  # never the newest numbered run, which compare would pick
+            path = exclusive_write_text(folder, lambda attempt: f"{PARTIAL_PREFIX}{first + attempt:04}_{save}.json",
+                                        text)
+        else:
+            path = exclusive_write_text(folder, lambda attempt: f"{first + attempt:04}_{save}.json", text,
+                                        claim_key=lambda name: name[:4])
         self.logger.info(f"Saved benchmark data in: {path}")
 
     save.dlmbench_exclusive = True  # type: ignore[attr-defined]

@@ -140,8 +140,8 @@ def test_cli_compare_and_noise(tmp_path, capsys):
 
 
 def test_cli_refuses_a_machine_mismatch(tmp_path, capsys):
-    base = write_run(tmp_path / "a.json", {}, {"gpu_name": "NVIDIA H100 80GB HBM3", "torch": "2.11"})
-    other = write_run(tmp_path / "b.json", {}, {"gpu_name": "NVIDIA A100-SXM4-80GB", "torch": "2.11"})
+    base = write_run(tmp_path / "a.json", {"t[p1]": point([1.0])}, {"gpu_name": "NVIDIA H100 80GB HBM3", "torch": "2.11"})
+    other = write_run(tmp_path / "b.json", {"t[p1]": point([1.0])}, {"gpu_name": "NVIDIA A100-SXM4-80GB", "torch": "2.11"})
     assert main(["compare", str(base), str(other)]) == 2
     assert "gpu_name: 'NVIDIA H100 80GB HBM3' != 'NVIDIA A100-SXM4-80GB'" in capsys.readouterr().err
     assert main(["compare", str(base), str(other), "--allow-mismatch"]) == 0
