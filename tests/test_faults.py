@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 # Inline pytester runs drop modules first imported during the run; torch cannot be imported twice.
-import torch
+import torch  # noqa: F401
 
 from pytest_dlmbench.cli import main
 from pytest_dlmbench.core import BenchPoint, PointMetrics
