@@ -13,7 +13,7 @@ from pytest_dlmbench.runtimes.decode_attention import decode_attention, split_co
 pytest.importorskip("triton", reason="the kernels are Triton's; `pip install -e .[test]` installs it")
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-TOLERANCE = {"atol": 5e-3, "rtol": 5e-3} if DEVICE.type == "cuda" else {"atol": 1e-5, "rtol": 1e-5}
+TOLERANCE = {"atol": 1e-2, "rtol": 1e-2} if DEVICE.type == "cuda" else {"atol": 1e-5, "rtol": 1e-5}
 
 
 def on_device(*tensors):
