@@ -27,7 +27,7 @@ from pytest_dlmbench.paradigms import ForwardLog, GenerationResult, Paradigm
 from pytest_dlmbench.paradigms.base import ForwardLimitReached, paradigm_for
 from pytest_dlmbench.prompts import gsm8k_prompts, load_gsm8k, synthetic_prompts
 from pytest_dlmbench.roofline import Peaks, empty_roofline, paper_formula, roofline_fields
-from pytest_dlmbench.runtimes import RUNTIMES, Runtime, make_runtime
+from pytest_dlmbench.runtimes import Runtime, make_runtime
 from pytest_dlmbench.timing import RegionTimer
 from pytest_dlmbench.trace import write_commits
 
@@ -189,12 +189,11 @@ class PointRunner:
         paradigm = paradigm_for(point, settings, loaded.weights)
         prompt_ids = self._prompts(point, loaded)
         phases = paradigm.memory_phases(spec, point.prompt_len, point.gen_len)
+        runtime = make_runtime(point.runtime, model)
         describe = {"weights": loaded.weights, "prompt_source": settings.prompts,
                     "predicted_peak_bytes": predicted_peak_bytes(spec, phases, point.batch_size, settings.dtype,
-                                                                 RUNTIMES[point.runtime].concatenates),
+                                                                 runtime.concatenates),
                     **paradigm.describe(spec, point.gen_len)} | labels
-
-        runtime = make_runtime(point.runtime, model)
 
         def run(decoder: Paradigm, log: ForwardLog) -> GenerationResult:
             return decoder.generate(runtime, spec, prompt_ids, point.gen_len, log)

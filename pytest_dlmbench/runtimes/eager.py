@@ -106,10 +106,9 @@ class EagerRuntime:
         self.model = model
         self.capture_s: float | None = None
         self.keyword = cache_keyword(model)
-        self._cache_class = slot_cache_class()
 
     def new_cache(self, batch: int, capacity: int) -> DynamicKV:
-        return DynamicKV(self._cache_class(config=self.model.config), self.model, batch)
+        return DynamicKV(slot_cache_class()(config=self.model.config), self.model, batch)
 
     def forward(self, ids: torch.Tensor, start: int, rows: torch.Tensor | int, cache: DynamicKV | None = None,
                 keep: bool = False, attention: str = "full", block_size: int | None = None) -> torch.Tensor:
