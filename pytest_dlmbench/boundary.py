@@ -77,11 +77,14 @@ class BoundaryRunner:
 
         import pytest
 
+        from pytest_dlmbench.core import MemoryReport, PointLabels
         from pytest_dlmbench.models import get_spec
         from pytest_dlmbench.paradigms.base import paradigm_for
+        from pytest_dlmbench.record import failed_record
         from pytest_dlmbench.runtimes import RUNTIMES
 
         settings = self.settings
+        labels = PointLabels.of(point, settings)
         if settings.isolate_probes:
             self.models.release()  # the probe processes need the whole device
             argv = probe_arguments(settings, point)
@@ -90,15 +93,14 @@ class BoundaryRunner:
                 return probe_isolated(argv, batch)
         else:
             loaded = self.models.get(point.model)
-            paradigm = paradigm_for(point, settings, loaded.weights)
+            paradigm = paradigm_for(point, settings, labels.weights)
 
             def probe(batch: int) -> ProbeResult:
                 return probe_in_process(settings, dataclasses.replace(point, batch_size=batch), loaded.model,
                                         loaded.spec, paradigm)
 
         spec = get_spec(point.model)
-        weights = "checkpoint" if settings.checkpoint(point.model) else "random"
-        decoder = paradigm_for(point, settings, weights)
+        decoder = paradigm_for(point, settings, labels.weights)
         decoder.validate(spec, point.prompt_len, point.gen_len, 1)
         phases = decoder.memory_phases(spec, point.prompt_len, point.gen_len)
         concatenating = RUNTIMES[point.runtime].concatenates
@@ -120,12 +122,8 @@ class BoundaryRunner:
         estimate_s = at_max.generation_s(point.gen_len)
         found |= {"peak_mem_at_max_bytes": at_max.peak_allocated_bytes, "probe_ms_per_forward_at_max": at_max.forward_ms,
                   "estimated_generation_s": estimate_s}
-        at_batch = dataclasses.replace(point, batch_size=max(1, boundary.max_batch_size))
+        labels = labels.at_batch(max(1, boundary.max_batch_size))
         if boundary.max_batch_size == 0 or (estimate_s is not None and estimate_s > settings.max_time_s):
-            from pytest_dlmbench.core import MemoryReport
-            from pytest_dlmbench.runner import failed_record, point_labels
-
-            describe = {"weights": weights, **decoder.describe(spec, point.gen_len)} | point_labels(at_batch, settings)
             if boundary.max_batch_size == 0:  # saved as an "oom" point, like any point that ran out of memory
                 status, reason = "oom", f"OOM: {point.boundary_id} does not fit at batch 1"
             else:  # the search is the result; a generation this long would overrun the time budget
@@ -133,12 +131,12 @@ class BoundaryRunner:
                     f"boundary {point.boundary_id}: max batch {boundary.max_batch_size}; a full generation there "
                     f"would take ~{estimate_s:.0f} s, over --dlm-max-time={settings.max_time_s:g}: not timed")
             memory = MemoryReport(peak_allocated_bytes=found["peak_mem_at_max_bytes"])
-            self.bench.keep(failed_record(at_batch, describe, status, reason, memory,
+            self.bench.keep(failed_record(labels, decoder.describe(spec, point.gen_len), status, reason, memory,
                                           found | {"probe_to_full_peak_ratio": None}))
             pytest.skip(reason)
         # the full generation is the check: if it runs out of memory where the probe fitted, the point
         # is saved "oom" with the search (allocator fragmentation can do that: see the README)
-        metrics = self.bench(at_batch, extra=found | {"probe_to_full_peak_ratio": None})
+        metrics = self.bench(labels.point, extra=found | {"probe_to_full_peak_ratio": None})
         full_peak = metrics.peak_mem_allocated_bytes
         if full_peak and at_max.peak_allocated_bytes:  # how well the probe predicts the peak
             metrics = self.bench.amend(metrics, probe_to_full_peak_ratio=at_max.peak_allocated_bytes / full_peak)

@@ -23,6 +23,8 @@ DEFAULT_ROUNDS = 6  # gate.rounds_needed(6, 30, ...) == 6: the fewest a side to 
 DEFAULT_MAX_ROUNDS = 20
 RUNTIME_NAMES = ("graphs", "eager")  # runtimes/: static shapes replayed as CUDA graphs; transformers as published
 DEFAULT_RUNTIME = "graphs"
+USER_RUNTIME = "user"  # the runtime label of a user's generate: the harness does not run its forwards
+UNNAMED_RUNTIMES = (DEFAULT_RUNTIME, USER_RUNTIME)  # not in point ids (a user's point keeps the id it had)
 SAVED_BEFORE_RUNTIMES = "eager"  # points saved without a runtime key ran transformers' eager forwards
 FIDELITY_NAMES = ("reference", "lean")  # paradigms/scoring.py: the published code's per-forward work, or the least
 DEFAULT_FIDELITY = "reference"
@@ -68,7 +70,7 @@ class BenchPoint:
 
     def _id(self, batch: str) -> str:
         base = f"{self.paradigm}-{self.model}-p{self.prompt_len}-g{self.gen_len}{batch}"
-        suffixes = (self.strategy != "baseline" and self.strategy, self.runtime != DEFAULT_RUNTIME and self.runtime,
+        suffixes = (self.strategy != "baseline" and self.strategy, self.runtime not in UNNAMED_RUNTIMES and self.runtime,
                     self.fidelity != DEFAULT_FIDELITY and self.fidelity)
         return "-".join([base, *(suffix for suffix in suffixes if suffix)])
 
@@ -88,6 +90,48 @@ class BenchPoint:
     def runtime_key(self) -> tuple[str | int, ...]:
         """The point without its runtime: runtimes of one point are compared on it."""
         return (*self.acceptance_key, self.fidelity)
+
+
+# The decoder's labels where no decoder describes the point (a user's generate, a crashed worker).
+UNDESCRIBED: dict[str, Any] = {"block_size": None, "steps": None}
+
+
+@dataclass(frozen=True)
+class PointLabels:
+    """What ran a point, made once per point and written into each of its records alike: timed,
+    boundary, untimed, out of memory, crashed in a worker."""
+
+    point: BenchPoint
+    weights: str  # "random", "checkpoint" or "user"
+    dtype: str
+    device: str
+    temperature: float = 0.0
+    gpu_index: int | None = None  # as the session numbers the GPUs
+    worker: str | None = None  # the pytest-xdist worker (None: one process)
+    prompt_source: str = "synthetic"
+
+    @classmethod
+    def of(cls, point: BenchPoint, settings: Settings, weights: str | None = None, **where: Any) -> PointLabels:
+        """The labels the point and the session give; `weights` defaults to the session's for the
+        model, `where` overrides the process's gpu_index or worker (a crashed worker's)."""
+        return cls(point, weights or settings.weights_for(point.model), settings.dtype, settings.device,
+                   settings.decode.temperature, settings.gpu_index, settings.worker, settings.prompts) \
+            .replaced(**where)
+
+    def replaced(self, **changes: Any) -> PointLabels:
+        return dataclasses.replace(self, **changes)
+
+    def at_batch(self, batch_size: int) -> PointLabels:
+        return self.replaced(point=dataclasses.replace(self.point, batch_size=batch_size))
+
+    def fields(self) -> dict[str, Any]:
+        """The labels as PointMetrics fields (flat, as saved)."""
+        point = self.point
+        return {"paradigm": point.paradigm, "strategy": point.strategy, "model": point.model,
+                "prompt_len": point.prompt_len, "gen_len": point.gen_len, "batch_size": point.batch_size,
+                "runtime": point.runtime, "fidelity": point.fidelity, "weights": self.weights, "dtype": self.dtype,
+                "device": self.device, "temperature": self.temperature, "gpu_index": self.gpu_index,
+                "worker": self.worker, "prompt_source": self.prompt_source}
 
 
 @dataclass(frozen=True)
@@ -187,7 +231,7 @@ class PointMetrics:
     @classmethod
     def from_run(
         cls,
-        point: BenchPoint,
+        labels: PointLabels,
         *,
         describe: dict[str, Any],
         latencies_s: list[float],
@@ -201,8 +245,10 @@ class PointMetrics:
         runtime_agreement: float | None = None,
         extra: dict[str, Any] | None = None,
     ) -> PointMetrics:
-        """Derive every rate from raw readings of one point; `describe` carries the labels;
+        """Derive every rate from raw readings of one point; `describe` carries what the decoder
+        adds to the labels (`block_size`, `steps`, acceptance, `predicted_peak_bytes`);
         `decoded_len`: positions per row the decoder filled, where more than gen_len."""
+        point = labels.point
         latency = statistics.median(latencies_s) if latencies_s else None
         predicted = describe.get("predicted_peak_bytes")
         measured = memory.peak_allocated_bytes
@@ -210,12 +256,7 @@ class PointMetrics:
         step_ms = step_times_ms(forward_ms)
         prefill = forward_ms.get("prefill", [])
         return cls(
-            paradigm=point.paradigm,
-            strategy=point.strategy,
-            model=point.model,
-            prompt_len=point.prompt_len,
-            gen_len=point.gen_len,
-            batch_size=point.batch_size,
+            **labels.fields(),
             tokens_generated=tokens,
             tokens_decoded=point.batch_size * (decoded_len or point.gen_len),
             tokens_per_s=tokens / latency if latency else None,
@@ -239,20 +280,19 @@ class PointMetrics:
             runtime_agreement=runtime_agreement,
             measured_to_predicted=measured / predicted if measured and predicted else None,
             extra=dict(extra or {}),
-            **describe,
+            **UNDESCRIBED | describe,
         )
 
     @classmethod
-    def failed(cls, point: BenchPoint, describe: dict[str, Any], status: str, message: str,
+    def failed(cls, labels: PointLabels, describe: dict[str, Any], status: str, message: str,
                memory: MemoryReport, extra: dict[str, Any] | None = None) -> PointMetrics:
         """A point that did not finish: no rates, the memory reading at the failure, the message."""
         return cls(
-            paradigm=point.paradigm, strategy=point.strategy, model=point.model, prompt_len=point.prompt_len,
-            gen_len=point.gen_len, batch_size=point.batch_size, tokens_generated=0, tokens_per_s=None,
+            **labels.fields(), tokens_generated=0, tokens_per_s=None,
             latency_s=None, nfe=None, tokens_per_forward=None, ms_per_forward=None, prefill_ms=None,
             peak_mem_allocated_bytes=memory.peak_allocated_bytes, peak_mem_reserved_bytes=memory.peak_reserved_bytes,
             nvml_peak_used_bytes=memory.nvml_peak_used_bytes, peak_rss_bytes=memory.peak_rss_bytes,
-            status=status, message=message, extra=dict(extra or {}), **describe,
+            status=status, message=message, extra=dict(extra or {}), **UNDESCRIBED | describe,
         )
 
     @property
@@ -342,6 +382,10 @@ class Settings:
 
     def checkpoint(self, model: str) -> str | None:
         return dict(self.checkpoints).get(model)
+
+    def weights_for(self, model: str) -> str:
+        """The weights label of a built-in model: "checkpoint" where --dlm-checkpoint gives one."""
+        return "checkpoint" if self.checkpoint(model) else "random"
 
     @property
     def isolate_probes(self) -> bool:

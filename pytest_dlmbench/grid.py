@@ -12,11 +12,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pytest_dlmbench.core import DEFAULT_FIDELITY, DEFAULT_RUNTIME, BenchPoint
-from pytest_dlmbench.models import MODEL_SPECS
-from pytest_dlmbench.paradigms import PARADIGMS
-
-# Every strategy name, in the order the paradigms list them (baseline first).
-STRATEGIES: tuple[str, ...] = tuple(dict.fromkeys(s for cls in PARADIGMS.values() for s in cls.strategies))
+from pytest_dlmbench.models import ModelError, get_spec
+from pytest_dlmbench.paradigms.base import strategies_of, supported_runtimes
 
 if TYPE_CHECKING:
     from pytest_dlmbench.core import Settings
@@ -30,7 +27,7 @@ class Grid:
     gen_lens: tuple[int, ...]  # swept at batch 1
     batch_sizes: tuple[int, ...]  # swept at `batch_gen_len`
     batch_gen_len: int
-    strategies: tuple[str, ...] = ("baseline",)  # where the paradigm has them
+    strategies: tuple[str, ...] | None = ("baseline",)  # where the paradigm has them (None: every one, live)
 
     def shapes(self) -> list[tuple[int, int, int]]:
         """(prompt_len, gen_len, batch_size) of both sweeps, without duplicates."""
@@ -43,7 +40,7 @@ GRIDS: dict[str, Grid] = {
     grid.name: grid
     for grid in (
         Grid("smoke", ("tiny-ar", "tiny-dlm", "tiny-block"), (16, 40), (32, 64), (1, 4), batch_gen_len=32,
-             strategies=STRATEGIES),
+             strategies=None),
         Grid("standard", ("llama-3.1-8b", "llada-8b", "fast-dllm-v2-7b"), (40, 920), (64, 256, 1024), (1, 4, 16),
              batch_gen_len=256),
         # The seed paper measured dual cache and parallel decoding for LLaDA, parallel for block diffusion.
@@ -72,18 +69,20 @@ def select_points(
     grid's), runtimes, fidelities and filters, model by model, each shape's baseline before its
     other strategies, each point under every runtime and fidelity in a row."""
     chosen_models = tuple(models) if models is not None else grid.models
-    wanted_strategies = set(strategies) if strategies is not None else set(grid.strategies)
+    chosen_strategies = tuple(strategies) if strategies is not None else grid.strategies
     wanted_paradigms = set(paradigms) if paradigms is not None else None
     points = []
     for model in chosen_models:
-        paradigm = MODEL_SPECS[model].paradigm
-        if wanted_paradigms is not None and paradigm not in wanted_paradigms:
-            continue
-        for prompt_len, gen_len, batch_size in grid.shapes():
-            if _keep(prompt_len, prompt_lens) and _keep(gen_len, gen_lens) and _keep(batch_size, batch_sizes):
-                points += [BenchPoint(paradigm, model, prompt_len, gen_len, batch_size, strategy, runtime, fidelity)
-                           for strategy in PARADIGMS[paradigm].strategies if strategy in wanted_strategies
-                           for runtime in runtimes for fidelity in fidelities]
+        for paradigm in get_spec(model).paradigms:
+            if wanted_paradigms is not None and paradigm not in wanted_paradigms:
+                continue
+            for prompt_len, gen_len, batch_size in grid.shapes():
+                if _keep(prompt_len, prompt_lens) and _keep(gen_len, gen_lens) and _keep(batch_size, batch_sizes):
+                    points += [BenchPoint(paradigm, model, prompt_len, gen_len, batch_size, strategy, runtime,
+                                          fidelity)
+                               for strategy in strategies_of(paradigm)
+                               if chosen_strategies is None or strategy in chosen_strategies
+                               for runtime in runtimes for fidelity in fidelities]
     return points
 
 
@@ -125,20 +124,39 @@ def _checked_points(settings: Settings) -> list[BenchPoint]:
         raise SelectionError(
             f"the --dlm-* filters select no point of the {grid.name} grid (models {', '.join(grid.models)}; "
             f"prompts {grid.prompt_lens}; gen {grid.gen_lens} at batch 1; batch {grid.batch_sizes} at gen "
-            f"{grid.batch_gen_len}; strategies {', '.join(grid.strategies)})"
+            f"{grid.batch_gen_len}; strategies {', '.join(grid.strategies or ('every one',))})"
         )
+    runtimes_checked: set[tuple[str, str, str]] = set()
     for point in points:
         try:
             make_paradigm(point.paradigm, settings.decode, point.strategy, point.fidelity).validate(
-                MODEL_SPECS[point.model], point.prompt_len, point.gen_len, point.batch_size
+                get_spec(point.model), point.prompt_len, point.gen_len, point.batch_size
             )
-        except DecodeError as error:
+            if (point.paradigm, point.model, point.runtime) not in runtimes_checked:
+                check_runtime(point)
+                runtimes_checked.add((point.paradigm, point.model, point.runtime))
+        except (DecodeError, ModelError, ValueError) as error:
             raise SelectionError(f"{point.id}: {error}") from None
         if settings.prompts == "gsm8k" and settings.checkpoint(point.model) is None:
             raise SelectionError(
                 f"--dlm-prompts=gsm8k needs {point.model}'s tokenizer: pass --dlm-checkpoint {point.model}=PATH"
             )
     return points
+
+
+def check_runtime(point: BenchPoint) -> None:
+    """Refuse a point whose runtime is unknown, not one its paradigm runs on, or refuses its model's
+    architecture (`check_model` on the runtime class), before anything is built."""
+    from pytest_dlmbench.runtimes import RUNTIMES
+
+    if point.runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {point.runtime!r}; known runtimes: {', '.join(RUNTIMES)}")
+    declared = supported_runtimes(point.paradigm)
+    if declared is not None and point.runtime not in declared:
+        raise ValueError(f"paradigm {point.paradigm} runs on the runtimes {', '.join(declared)}, not {point.runtime}")
+    check_model = getattr(RUNTIMES[point.runtime], "check_model", None)
+    if check_model is not None:
+        check_model(get_spec(point.model).config())
 
 
 def boundary_points_for(settings: Settings) -> list[BenchPoint]:

@@ -3,7 +3,7 @@ where a point would run out of memory on cards that are not present.
 
     peak = weights + batch * max over phases of (KV cache + one layer's KV copy + activations + logits)
 
-- weights: the parameter count (exact, from the shapes) x dtype bytes;
+- weights: the parameter count (exact, from the shapes) x dtype bytes (every expert's);
 - KV cache: cached positions x 2 (K, V) x layers x KV heads x head dim x dtype bytes; while a
   DynamicCache grows (the eager runtime), one layer exists twice for a moment (the concatenation
   copy), which a forward that fills an empty cache does not make, nor the graphs runtime's
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pytest_dlmbench.models import ModelSpec
+from pytest_dlmbench.models import QK_NORM_FAMILIES, QKV_BIAS_FAMILIES, ModelSpec
 
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 CARDS_GIB = (24, 40, 48, 80)
@@ -41,13 +41,29 @@ class Phase:
     scoring_bytes: int | None = 8  # scoring memory per softmax row and vocab entry beyond the logits (None: dtype bytes)
 
 
+def expert_parameters(spec: ModelSpec) -> int:
+    """Parameters of one layer's experts together (0 for a dense MLP)."""
+    return 3 * spec.hidden_size * spec.intermediate_size * spec.num_experts if spec.num_experts else 0
+
+
 def parameter_count(spec: ModelSpec) -> int:
-    """Exact parameter count of the architecture (untied embeddings; Qwen2 has q/k/v biases)."""
+    """Exact parameter count of the architecture (one table where embeddings are tied; Qwen2 has q/k/v biases,
+    Qwen3 per-head q/k norms; a mixture of experts its experts and router)."""
     h, d, layers = spec.hidden_size, spec.head_dim, spec.num_layers
     q, kv = spec.num_heads * d, spec.num_kv_heads * d
-    attention = h * q + 2 * h * kv + q * h + ((q + 2 * kv) if spec.family == "qwen2" else 0)
-    mlp = 3 * h * spec.intermediate_size
-    return 2 * spec.vocab_size * h + layers * (attention + mlp + 2 * h) + h
+    attention = h * q + 2 * h * kv + q * h + ((q + 2 * kv) if spec.family in QKV_BIAS_FAMILIES else 0) + (
+        2 * d if spec.family in QK_NORM_FAMILIES else 0)
+    mlp = expert_parameters(spec) + h * spec.num_experts if spec.num_experts else 3 * h * spec.intermediate_size
+    return (1 if spec.tied_embeddings else 2) * spec.vocab_size * h + layers * (attention + mlp + 2 * h) + h
+
+
+def experts_touched(spec: ModelSpec, tokens: int) -> float:
+    """Experts per layer whose weights a forward of `tokens` tokens reads, expected under uniform
+    routing: E (1 - (1 - k / E)^tokens); every one of a dense MLP's."""
+    if not spec.num_experts:
+        return 1.0
+    experts, chosen = spec.num_experts, spec.experts_per_token or 1
+    return experts * (1 - (1 - chosen / experts) ** tokens)
 
 
 def predicted_peak_bytes(spec: ModelSpec, phases: list[Phase], batch_size: int, dtype: str,
@@ -59,7 +75,7 @@ def predicted_peak_bytes(spec: ModelSpec, phases: list[Phase], batch_size: int, 
         phase.cached_positions * layer_kv * (spec.num_layers + (phase.cache_grows and concatenating))
         + phase.logit_positions * spec.vocab_size * size
         + max(  # in the forward: activations; after it: scoring
-            phase.forward_tokens * (4 * spec.hidden_size + 3 * spec.intermediate_size) * size,
+            phase.forward_tokens * (4 * spec.hidden_size + 3 * spec.active_intermediate_size) * size,
             (size if phase.scoring_bytes is None else phase.scoring_bytes) * spec.vocab_size
             * (phase.logit_positions if phase.softmax_positions is None else phase.softmax_positions),
         )

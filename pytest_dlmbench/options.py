@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,14 +24,16 @@ from pytest_dlmbench.core import (
     DEFAULT_SIMULATED_TPF,
     DTYPES,
     FIDELITY_NAMES,
-    RUNTIME_NAMES,
     DecodeOptions,
     Settings,
 )
 from pytest_dlmbench.gate import GateError, GateRule
-from pytest_dlmbench.grid import GRIDS, STRATEGIES
+from pytest_dlmbench.extensions import ExtensionError, load_extensions
+from pytest_dlmbench.grid import GRIDS
 from pytest_dlmbench.models import MODEL_SPECS
 from pytest_dlmbench.paradigms import PARADIGMS
+from pytest_dlmbench.paradigms.base import strategy_names
+from pytest_dlmbench.runtimes import RUNTIMES
 
 if TYPE_CHECKING:
     import pytest
@@ -39,15 +41,22 @@ if TYPE_CHECKING:
 PROMPT_SOURCES = ("synthetic", "gsm8k")
 
 
-def _names(kind: str, allowed: dict[str, Any]) -> Callable[[str], tuple[str, ...]]:
+def _names(kind: str, allowed: Callable[[], Iterable[str]]) -> Callable[[str], tuple[str, ...]]:
+    """A comma-separated list of names, checked against `allowed()`: read live, once the installed
+    extensions (extensions.py) have registered theirs."""
     def parse(text: str) -> tuple[str, ...]:
+        try:
+            load_extensions()
+        except ExtensionError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+        known = tuple(allowed())
         names = tuple(part.strip() for part in text.split(",") if part.strip())
         if names == ("all",):
-            return tuple(allowed)
-        unknown = [name for name in names if name not in allowed]
+            return known
+        unknown = [name for name in names if name not in known]
         if unknown or not names:
             raise argparse.ArgumentTypeError(
-                f"unknown {kind} {', '.join(map(repr, unknown)) or repr(text)}; allowed: all, {', '.join(allowed)}"
+                f"unknown {kind} {', '.join(map(repr, unknown)) or repr(text)}; allowed: all, {', '.join(known)}"
             )
         return names
 
@@ -116,6 +125,7 @@ def _checkpoint(text: str) -> tuple[str, str]:
     name, sep, path = text.partition("=")
     if not sep or not path:
         raise argparse.ArgumentTypeError(f"{text!r} is not NAME=PATH")
+    load_extensions()  # a registered model may take a checkpoint too
     if name not in MODEL_SPECS:
         raise argparse.ArgumentTypeError(f"unknown model {name!r} in {text!r}; known models: {', '.join(MODEL_SPECS)}")
     if not Path(path).is_dir():
@@ -174,10 +184,11 @@ def _checkpoints(pairs: list[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
 OPTIONS: tuple[Option, ...] = (
     Option("--dlm-grid", "grid", "Benchmark grid: smoke (tiny models), standard (7-8B shapes) or paper (the full "
            "seed grid). Default: standard with CUDA, smoke without.", _choice(("auto", *GRIDS), "grid"), "auto"),
-    Option("--dlm-paradigms", "paradigms", f"Comma-separated paradigms to run ({', '.join(PARADIGMS)} or all). "
-           "Default: all.", _names("paradigm", PARADIGMS)),
-    Option("--dlm-models", "models", "Comma-separated models to run instead of the grid's, each with the paradigm "
-           f"it was built for ({', '.join(MODEL_SPECS)}). Default: the grid's models.", _names("model", MODEL_SPECS)),
+    Option("--dlm-paradigms", "paradigms", f"Comma-separated paradigms to run ({', '.join(PARADIGMS)}, a "
+           "registered one, or all). Default: all.", _names("paradigm", lambda: PARADIGMS)),
+    Option("--dlm-models", "models", "Comma-separated models to run instead of the grid's, each with the paradigms "
+           f"it serves ({', '.join(name for name, spec in MODEL_SPECS.items() if not spec.tiny)}, their tiny-* "
+           "siblings, or a registered one). Default: the grid's models.", _names("model", lambda: MODEL_SPECS)),
     Option("--dlm-prompt", "prompt_lens", "Only these prompt lengths of the grid. Default: all.", _int_list),
     Option("--dlm-gen", "gen_lens", "Only these generation lengths of the grid. Default: all.", _int_list),
     Option("--dlm-batch", "batch_sizes", "Only these batch sizes of the grid. Default: all.", _int_list),
@@ -206,17 +217,17 @@ OPTIONS: tuple[Option, ...] = (
     Option("--dlm-steps", "decode.steps", "dlm: total denoising steps, a multiple of gen_len / block_len. "
            "Default: gen_len (one token per step).", positive_int),
     Option("--dlm-strategies", "strategies", "Comma-separated strategies, each run where the paradigm has it "
-           f"({', '.join(STRATEGIES)} or all). Default: the grid's (smoke: all; standard: baseline; paper: "
-           "baseline, dual_cache, parallel).", _names("strategy", dict.fromkeys(STRATEGIES))),
+           f"({', '.join(strategy_names())}, a registered one, or all). Default: the grid's (smoke: all; standard: "
+           "baseline; paper: baseline, dual_cache, parallel).", _names("strategy", strategy_names)),
     Option("--dlm-runtime", "runtimes", "How forwards run: graphs (static shapes, each forward shape captured once "
            "as a CUDA graph and replayed; uncaptured on the CPU), eager (transformers as the published decoders use "
            "it), a comma-separated list, or all; points not under the default get the runtime in their id. "
-           f"Default: {DEFAULT_RUNTIME}.", _names("runtime", dict.fromkeys(RUNTIME_NAMES)), (DEFAULT_RUNTIME,)),
+           f"Default: {DEFAULT_RUNTIME}.", _names("runtime", lambda: RUNTIMES), (DEFAULT_RUNTIME,)),
     Option("--dlm-fidelity", "fidelities", "Per-forward work of the diffusion decoders: reference (what the "
            "published code computes: logits at every forwarded position, Fast-dLLM's float64 scoring, v2's last "
            "block decoded whole), lean (logits and float32 scoring only where needed), a comma-separated list, or "
            "all; both decode the same tokens; points not under the default get the fidelity in their id. "
-           f"Default: {DEFAULT_FIDELITY}.", _names("fidelity", dict.fromkeys(FIDELITY_NAMES)), (DEFAULT_FIDELITY,)),
+           f"Default: {DEFAULT_FIDELITY}.", _names("fidelity", lambda: FIDELITY_NAMES), (DEFAULT_FIDELITY,)),
     Option("--dlm-temperature", "decode.temperature", "Sample with Gumbel-max noise at this temperature (the "
            "diffusion decoders' noise in the fidelity's dtype: float64 for reference dlm); 0 is greedy. Default: 0.",
            _number(0.0, "a finite temperature >= 0"), 0.0),

@@ -17,11 +17,12 @@ import pytest
 from pytest_dlmbench.core import BenchPoint, PointMetrics, Settings
 from pytest_dlmbench.grid import SelectionError, boundary_points_for, points_for
 from pytest_dlmbench.options import add_options, settings_from_config
+from pytest_dlmbench.session import DlmSession
 from pytest_dlmbench.workers import is_controller, is_worker, timed_in_worker, worker_count
 
 if TYPE_CHECKING:
     from pytest_dlmbench.boundary import BoundaryRunner
-    from pytest_dlmbench.gate import GateRule, Verdict
+    from pytest_dlmbench.gate import GateRule
     from pytest_dlmbench.journal import Journal
     from pytest_dlmbench.loader import ModelCache
     from pytest_dlmbench.memory import MemoryTracker
@@ -31,19 +32,12 @@ if TYPE_CHECKING:
     from pytest_dlmbench.timing import RegionTimer
     from pytest_dlmbench.workers import Controller, Received
 
-SETTINGS = pytest.StashKey[Settings]()
-RESOLVED = pytest.StashKey[Settings]()
-SELECTION_ERROR = pytest.StashKey[str]()
-RESULTS = pytest.StashKey[dict[str, PointMetrics]]()  # test id -> metrics
-BASELINES = pytest.StashKey[dict]()  # tokens for token_agreement and runtime_agreement (runner.PointRunner)
-GATE_BASELINE = pytest.StashKey["SavedRun"]()
-JOURNAL = pytest.StashKey["Journal"]()
-VERDICTS = pytest.StashKey[list["Verdict"]]()
-GATE_ROUNDS = pytest.StashKey[dict[str, int]]()  # test id -> timed rounds the gate needs
-BASELINE_SHAPES = pytest.StashKey[set]()  # shape keys whose baseline strategy the session runs
-ALL_TIMED = pytest.StashKey[bool]()  # every test that uses pytest-benchmark is a point this plugin times
-PARTIAL = pytest.StashKey[str]()  # why the session stopped before its selection ended
-CONTROLLER = pytest.StashKey["Controller"]()  # under pytest-xdist, in the controller: GPUs and received points
+SESSION = pytest.StashKey[DlmSession]()
+
+
+def dlm_session(config: pytest.Config) -> DlmSession:
+    """The plugin's state for this session."""
+    return config.stash[SESSION]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -51,12 +45,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    from pytest_dlmbench.extensions import ExtensionError, load_extensions
+
+    try:
+        load_extensions()  # before the options are read: they may name what an extension adds
+    except ExtensionError as error:
+        raise pytest.UsageError(str(error)) from None
     settings = settings_from_config(config)
     if is_worker(config):
         from pytest_dlmbench.workers import worker_settings
 
         settings = worker_settings(config, settings)
-    config.stash[SETTINGS] = settings
+    session = config.stash[SESSION] = DlmSession(settings)
     if settings.devices is not None:  # pytest-benchmark < 5.2 warns here that it times nothing: untrue of points
         _silence_xdist_warning()
     if settings.warmup == 0:
@@ -66,10 +66,9 @@ def pytest_configure(config: pytest.Config) -> None:
             "read about 3x slower on an H100). The graphs runtime still captures in an untimed run, so eager and "
             "graphs points are not comparable. Fine for smoke checks; use warm-up >= 1 for results and gating."),
             stacklevel=2)
-    config.stash[RESULTS] = {}
-    config.stash[BASELINES] = {}
     if is_controller(config):
-        controller = config.stash[CONTROLLER] = _controller(config, settings)
+        controller = _controller(config, settings)
+        session.controller = controller
         config.pluginmanager.register(controller, "dlmbench-controller")
     elif settings.devices is not None and not is_worker(config):
         from pytest_dlmbench.workers import devices_text
@@ -79,7 +78,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if not is_worker(config):
         _check_outputs(config)
     if settings.journal is not None and not is_worker(config):
-        config.stash[JOURNAL] = _open_journal(config, settings.journal)
+        session.journal = _open_journal(config, settings.journal)
     from pytest_dlmbench.store import install_exclusive_save
 
     install_exclusive_save()
@@ -108,7 +107,7 @@ def _check_outputs(config: pytest.Config) -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     """pytest-benchmark warns as a worker ends that it timed nothing; untrue where every benchmark
     was a point (timed here), so that warning is silenced there."""
-    if is_worker(config) and config.stash.get(ALL_TIMED, False) and timed_in_worker(config):
+    if is_worker(config) and SESSION in config.stash and dlm_session(config).all_timed and timed_in_worker(config):
         _silence_xdist_warning()
 
 
@@ -152,7 +151,7 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """With --dlm-devices and xdist's default distribution (load): benchmark points grouped by model."""
-    if config.stash[SETTINGS].devices is None or config.getoption("dist") != "load":
+    if dlm_session(config).settings.devices is None or config.getoption("dist") != "load":
         return None
     return model_scheduler(config, log)
 
@@ -184,7 +183,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
     report = outcome.get_result()
     params = getattr(getattr(item, "callspec", None), "params", {})
     point = params.get("dlm_point") or params.get("dlm_boundary_point")
-    metrics = item.config.stash[RESULTS].get(item.nodeid)
+    metrics = dlm_session(item.config).results.get(item.nodeid)
     if call.when == "setup" and point is not None:
         setattr(report, POINT_ATTR, dataclasses.asdict(point))
     elif call.when == "call" and metrics is not None:
@@ -196,9 +195,10 @@ def _keep_received(config: pytest.Config, received: Received) -> None:
     """In the controller: a worker's point, kept as if this process had run it."""
     from pytest_dlmbench.workers import record_of
 
-    config.stash[RESULTS][received.test_id] = record_of(received)
-    if JOURNAL in config.stash and received.saved is not None:
-        config.stash[JOURNAL].append(*received.saved)
+    session = dlm_session(config)
+    session.keep(received.test_id, record_of(received))
+    if session.journal is not None and received.saved is not None:
+        session.journal.append(*received.saved)
 
 
 def _open_journal(config: pytest.Config, path: str) -> Journal:
@@ -231,7 +231,8 @@ def _open_journal(config: pytest.Config, path: str) -> Journal:
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Load and check the gate's baseline before any benchmark runs: a bad baseline fails fast."""
     config = session.config
-    settings = config.stash[SETTINGS]
+    state = dlm_session(config)
+    settings = state.settings
     compare = config.getoption("benchmark_compare", None)
     if not settings.gate and settings.baseline is None:
         return
@@ -261,7 +262,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         check_rules(gate_rules(settings), baseline.points)
     except GateError as error:
         raise pytest.UsageError(f"{error} (in {baseline.path})") from None
-    config.stash[GATE_BASELINE] = baseline
+    state.gate_baseline = baseline
 
 
 def gate_rules(settings: Settings) -> list[GateRule]:
@@ -284,34 +285,34 @@ class _UnfinishedPointsOnly(list):
 def pytest_sessionfinish(session: pytest.Session) -> Iterator[None]:
     """Runs before pytest-benchmark saves (its own hook wrapper saves on entry)."""
     config = session.config
+    state = dlm_session(config)
     benchmarks = getattr(config, "_benchmarksession", None)
     stopped = "interrupted" if session.exitstatus == pytest.ExitCode.INTERRUPTED else session.shouldfail or \
         session.shouldstop
     if stopped:  # saved as partial, never a baseline; the point cut off mid-measurement has no record
-        config.stash[PARTIAL] = f"stopped before the selection ended: {stopped}"
+        state.partial = f"stopped before the selection ended: {stopped}"
         if benchmarks is not None:
             benchmarks.benchmarks[:] = [bench for bench in benchmarks.benchmarks if bench.extra_info]
-    if benchmarks is not None and CONTROLLER in config.stash:
-        benchmarks.benchmarks.extend(config.stash[CONTROLLER].benchmarks)
-    if benchmarks is not None and not benchmarks.benchmarks and config.stash.get(RESULTS, None):
+    if benchmarks is not None and state.controller is not None:
+        benchmarks.benchmarks.extend(state.controller.benchmarks)
+    if benchmarks is not None and not benchmarks.benchmarks and state.results:
         benchmarks.benchmarks = _UnfinishedPointsOnly()
     if not is_worker(config):
         _gate(session)
-    if JOURNAL in config.stash:
-        config.stash[JOURNAL].close()
+    if state.journal is not None:
+        state.journal.close()
     yield
 
 
 def _gate(session: pytest.Session) -> None:
-    config = session.config
-    if GATE_BASELINE not in config.stash:
+    state = dlm_session(session.config)
+    if state.gate_baseline is None:
         return
     from pytest_dlmbench.gate import NOTHING_COMPARED_PYTEST, compare, compared_points
 
-    rules = gate_rules(config.stash[SETTINGS])
-    current = {test_id: metrics.to_extra_info() for test_id, metrics in config.stash[RESULTS].items()}
-    verdicts = compare(config.stash[GATE_BASELINE].points, current, rules)
-    config.stash[VERDICTS] = verdicts
+    current = {test_id: metrics.to_extra_info() for test_id, metrics in state.results.items()}
+    verdicts = compare(state.gate_baseline.points, current, gate_rules(state.settings))
+    state.verdicts = verdicts
     if any(verdict.fails for verdict in verdicts):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
     elif not compared_points(verdicts) and session.exitstatus == pytest.ExitCode.OK:
@@ -320,16 +321,17 @@ def _gate(session: pytest.Session) -> None:
 
 def resolved_settings(config: pytest.Config) -> Settings:
     """The settings with this machine's device, dtype and grid (resolved once)."""
-    if RESOLVED not in config.stash:
+    session = dlm_session(config)
+    if session.resolved is None:
         from pytest_dlmbench.workers import refuse_shared_gpu
 
         try:
-            resolved = config.stash[SETTINGS].resolved()
+            resolved = session.settings.resolved()
         except ValueError as error:
             raise pytest.UsageError(str(error)) from None
         refuse_shared_gpu(config, resolved)
-        config.stash[RESOLVED] = resolved
-    return config.stash[RESOLVED]
+        session.resolved = resolved
+    return session.resolved
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -340,7 +342,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                               ("dlm_boundary_point", boundary_points_for, lambda p: p.boundary_id)):
         if name not in metafunc.fixturenames:
             continue
-        if name == "dlm_boundary_point" and not config.stash[SETTINGS].boundary:
+        if name == "dlm_boundary_point" and not dlm_session(config).settings.boundary:
             skip = pytest.mark.skip(reason="the OOM boundary search runs with --dlm-boundary")
             metafunc.parametrize(name, [pytest.param(None, marks=skip, id="off")])
             continue
@@ -349,30 +351,31 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         except (pytest.UsageError, SelectionError) as error:
             if is_worker(config):  # xdist shows it as the module's collection error and stops the run
                 raise pytest.UsageError(str(error)) from None
-            config.stash[SELECTION_ERROR] = str(error)  # raised as a usage error after collection
+            dlm_session(config).selection_error = str(error)
             points = []
         metafunc.parametrize(name, points, ids=[ids(point) for point in points])
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if SELECTION_ERROR in config.stash:
-        raise pytest.UsageError(config.stash[SELECTION_ERROR])
+    session = dlm_session(config)
+    if session.selection_error is not None:
+        raise pytest.UsageError(session.selection_error)
     points = [item.callspec.params["dlm_point"] for item in items
               if "dlm_point" in getattr(getattr(item, "callspec", None), "params", {})]
-    config.stash[BASELINE_SHAPES] = {point.shape_key for point in points if point.strategy == "baseline"}
-    config.stash[ALL_TIMED] = all("dlm_bench" in item.fixturenames for item in items
-                                  if "benchmark" in getattr(item, "fixturenames", ()))
-    if GATE_BASELINE in config.stash:
-        config.stash[GATE_ROUNDS] = _gate_rounds(config, items)
+    session.baseline_shapes = {point.shape_key for point in points if point.strategy == "baseline"}
+    session.all_timed = all("dlm_bench" in item.fixturenames for item in items
+                            if "benchmark" in getattr(item, "fixturenames", ()))
+    if session.gate_baseline is not None:
+        session.gate_rounds = _gate_rounds(config, session.gate_baseline, items)
 
 
-def _gate_rounds(config: pytest.Config, items: list[pytest.Item]) -> dict[str, int]:
+def _gate_rounds(config: pytest.Config, baseline: SavedRun, items: list[pytest.Item]) -> dict[str, int]:
     """Timed rounds per gated point; a warning names the points even the cap cannot decide."""
     from pytest_dlmbench.gate import RoundsPlan
 
-    settings = config.stash[SETTINGS]
-    plan = RoundsPlan.for_points(config.stash[GATE_BASELINE].points, [item.nodeid for item in items],
+    settings = dlm_session(config).settings
+    plan = RoundsPlan.for_points(baseline.points, [item.nodeid for item in items],
                                  gate_rules(settings), settings.max_rounds)
     if plan.capped:
         capped = plan.capped
@@ -452,21 +455,16 @@ def dlm_bench(
     if timed_in_worker(pytestconfig):
         benchmark.disabled = False  # pytest-benchmark's own switch-off under xdist; this worker saves nothing
 
-    def record(metrics: PointMetrics) -> None:
-        pytestconfig.stash[RESULTS][request.node.nodeid] = metrics
-
     def skip_out_of_memory(point: BenchPoint, metrics: PointMetrics) -> None:
         pytest.skip(f"OOM: {point.id} ({(metrics.message or '').partition(chr(10))[0][:200]})")
 
-    baseline_shapes = pytestconfig.stash.get(BASELINE_SHAPES, set())
-    yield PointRunner(benchmark, dlm_settings, dlm_model, _line_writer(pytestconfig), record,
-                      pytestconfig.stash[BASELINES], dlm_peaks,
-                      pytestconfig.stash.get(GATE_ROUNDS, {}).get(request.node.nodeid, 0),
-                      lambda point: point.shape_key in baseline_shapes, skip_out_of_memory)
-    metrics = pytestconfig.stash[RESULTS].get(request.node.nodeid)
-    saved = None if metrics is None else _saved_entry(request.node.nodeid, metrics, benchmark)
-    if JOURNAL in pytestconfig.stash and saved is not None:
-        pytestconfig.stash[JOURNAL].append(*saved)
+    session, test_id = dlm_session(pytestconfig), request.node.nodeid
+    yield PointRunner(benchmark, dlm_settings, dlm_model, session, test_id, peaks=dlm_peaks,
+                      write_line=_line_writer(pytestconfig), on_oom=skip_out_of_memory)
+    metrics = session.results.get(test_id)
+    saved = None if metrics is None else _saved_entry(test_id, metrics, benchmark)
+    if session.journal is not None and saved is not None:
+        session.journal.append(*saved)
 
 
 def _saved_entry(test_id: str, metrics: PointMetrics, benchmark: Any) -> tuple[str, dict[str, Any]] | None:
@@ -493,37 +491,41 @@ def dlm_boundary(dlm_settings: Settings, dlm_model: ModelCache, dlm_bench: Point
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict[str, Any]) -> None:
     from pytest_dlmbench.machine import machine_info as dlmbench_machine_info
 
-    controller = config.stash.get(CONTROLLER, None)
+    controller = dlm_session(config).controller
+    from pytest_dlmbench.extensions import machine_info as extensions_info
+
     machine_info["dlmbench"] = dlmbench_machine_info(resolved_settings(config),
                                                      None if controller is None else controller.placement())
+    machine_info["dlmbench"]["extensions"] = extensions_info()  # what other packages added, with versions
 
 
 def pytest_benchmark_update_json(config: pytest.Config, output_json: dict[str, Any]) -> None:
     """Stamp the schema, and save the points pytest-benchmark drops because they did not finish."""
     from pytest_dlmbench.store import FAILED_KEY, PARTIAL_KEY, SCHEMA_KEY, SCHEMA_VERSION, failed_entry
 
+    session = dlm_session(config)
     output_json[SCHEMA_KEY] = SCHEMA_VERSION
-    if PARTIAL in config.stash:
-        output_json[PARTIAL_KEY] = config.stash[PARTIAL]
+    if session.partial is not None:
+        output_json[PARTIAL_KEY] = session.partial
     output_json[FAILED_KEY] = [failed_entry(test_id, metrics.to_extra_info())
-                               for test_id, metrics in config.stash.get(RESULTS, {}).items() if metrics.status != "ok"]
+                               for test_id, metrics in session.results.items() if metrics.status != "ok"]
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    results = config.stash.get(RESULTS, {})
-    if results:
+    session = dlm_session(config)
+    if session.results:
         from pytest_dlmbench.report import summary_table
 
         terminalreporter.section("dlmbench")
-        terminalreporter.write_line(summary_table(results.values()))
-    if VERDICTS in config.stash:
+        terminalreporter.write_line(summary_table(session.results.values()))
+    if session.verdicts is not None and session.gate_baseline is not None:
         from pytest_dlmbench.gate import compared_points, verdict_table
 
-        verdicts = config.stash[VERDICTS]
+        verdicts, path = session.verdicts, session.gate_baseline.path
         failed = sum(verdict.fails for verdict in verdicts)
         terminalreporter.section("dlmbench gate", red=bool(failed), green=not failed)
         terminalreporter.write_line(verdict_table(verdicts))
-        terminalreporter.write_line(f"{failed} regression(s) against {config.stash[GATE_BASELINE].path}")
+        terminalreporter.write_line(f"{failed} regression(s) against {path}")
         if not compared_points(verdicts):
-            terminalreporter.write_line(f"no point of this run matches a point of {config.stash[GATE_BASELINE].path}: "
-                                        "nothing was compared", red=True)
+            terminalreporter.write_line(f"no point of this run matches a point of {path}: nothing was compared",
+                                        red=True)

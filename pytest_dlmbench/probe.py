@@ -19,6 +19,7 @@ from typing import Any
 
 from pytest_dlmbench.core import BenchPoint, Settings, step_times_ms
 from pytest_dlmbench.device import limit_memory
+from pytest_dlmbench.extensions import import_modules, importable_modules
 from pytest_dlmbench.memory import MemoryTracker, is_out_of_memory, release_memory
 from pytest_dlmbench.paradigms import ForwardLog
 from pytest_dlmbench.prompts import synthetic_prompts
@@ -98,7 +99,8 @@ def probe_isolated(argv: list[str], batch: int) -> ProbeResult:
 
 def probe_arguments(settings: Settings, point: BenchPoint) -> list[str]:
     """The command-line arguments that reproduce `settings` (every field) and `point` in a probe process."""
-    return [f"--settings={settings.to_json()}", f"--point={json.dumps(dataclasses.asdict(point))}"]
+    return [f"--settings={settings.to_json()}", f"--point={json.dumps(dataclasses.asdict(point))}",
+            f"--modules={','.join(importable_modules())}"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -106,7 +108,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--settings", required=True)
     parser.add_argument("--point", required=True)
     parser.add_argument("--batch", type=int, required=True)
+    parser.add_argument("--modules", default="", help="modules that register extensions without an entry point")
     args = parser.parse_args(argv)
+    import_modules([module for module in args.modules.split(",") if module])  # the parent's extensions
     settings = Settings.from_json(args.settings)
     point = dataclasses.replace(BenchPoint(**json.loads(args.point)), batch_size=args.batch)
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_dlmbench.core import PAPER_AI_CAVEAT
 from pytest_dlmbench.device import describe, release
-from pytest_dlmbench.memory_model import DTYPE_BYTES, parameter_count
+from pytest_dlmbench.memory_model import DTYPE_BYTES, expert_parameters, experts_touched, parameter_count
 from pytest_dlmbench.models import ModelSpec
 from pytest_dlmbench.paradigms.base import FORWARD_KINDS, ForwardShape
 from pytest_dlmbench.timing import RegionTimer
@@ -142,8 +142,14 @@ def forward_cost(spec: ModelSpec, shape: ForwardShape, batch: int, dtype: str, c
     size = DTYPE_BYTES[dtype]
     h, vocab = spec.hidden_size, spec.vocab_size
     q, kv = spec.num_heads * spec.head_dim, spec.num_kv_heads * spec.head_dim
-    linear = spec.num_layers * (2 * h * q + 2 * h * kv + 3 * h * spec.intermediate_size)  # matmul weights
-    read = parameter_count(spec) - vocab * h  # every weight but the embedding table (only its rows are read)
+    # matmul weights a token runs through: a mixture of experts' router and its chosen experts
+    linear = spec.num_layers * (2 * h * q + 2 * h * kv + 3 * h * spec.active_intermediate_size
+                                + h * (spec.num_experts or 0))
+    # every weight but the embedding table (only its rows are read) and the experts no token chose
+    experts = expert_parameters(spec)
+    # (tied, the table is the LM head, read whole)
+    read = parameter_count(spec) - (0 if spec.tied_embeddings else vocab * h) - spec.num_layers * experts * (
+        1 - experts_touched(spec, batch * shape.tokens) / (spec.num_experts or 1))
     layer_kv = 2 * spec.num_layers * spec.num_kv_heads * spec.head_dim * size  # bytes per cached position
     flops = batch * (2 * linear * shape.tokens + 2 * h * vocab * shape.logits
                      + 4 * spec.num_layers * spec.num_heads * spec.head_dim * attended_pairs(shape, spec.block_size))
@@ -151,7 +157,7 @@ def forward_cost(spec: ModelSpec, shape: ForwardShape, batch: int, dtype: str, c
     moved = read * size + batch * (
         cached * layer_kv * (3 if concatenating_cache and shape.kv_written and not shape.in_place else 1)
         + shape.kv_written * layer_kv
-        + shape.tokens * spec.num_layers * (10 * h + 6 * spec.intermediate_size) * size
+        + shape.tokens * spec.num_layers * (10 * h + 6 * spec.active_intermediate_size) * size
         + shape.logits * vocab * size + shape.softmax_rows * vocab * shape.softmax_bytes
     )
     return Cost(float(flops), float(moved))

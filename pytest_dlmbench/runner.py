@@ -4,14 +4,14 @@ Three steps, each its own function: `plan` (model, cached and untimed; prompt id
 the labels), `measure` (warm-up generations, the first under the memory tracker, then timed
 rounds (--dlm-rounds, or more where the gate needs them) via `benchmark.pedantic` with a
 device-synchronizing target, so pytest-benchmark's statistics are true device seconds), and
-`assemble` (the point's one record, `PointMetrics`, into `benchmark.extra_info`).
+then the point's one record (record.py) into `benchmark.extra_info`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import statistics
+import inspect
 import time
 import warnings
 from collections.abc import Callable
@@ -19,14 +19,15 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pytest_dlmbench.core import DEFAULT_ROUNDS, BenchPoint, MemoryReport, PointMetrics
+from pytest_dlmbench.core import DEFAULT_ROUNDS, UNDESCRIBED, USER_RUNTIME, BenchPoint, MemoryReport, PointLabels, PointMetrics
 from pytest_dlmbench.device import synchronize
 from pytest_dlmbench.memory import MemoryTracker, is_out_of_memory, memory_now, release_memory
 from pytest_dlmbench.memory_model import predicted_peak_bytes
+from pytest_dlmbench.models import MODEL_SPECS
 from pytest_dlmbench.paradigms import ForwardLog, GenerationResult, Paradigm
 from pytest_dlmbench.paradigms.base import ForwardLimitReached, paradigm_for
 from pytest_dlmbench.prompts import gsm8k_prompts, load_gsm8k, synthetic_prompts
-from pytest_dlmbench.roofline import Peaks, empty_roofline, paper_formula, roofline_fields
+from pytest_dlmbench.record import Decoder, Measurement, failed_record, timed_record
 from pytest_dlmbench.runtimes import Runtime, make_runtime
 from pytest_dlmbench.timing import RegionTimer
 from pytest_dlmbench.trace import write_commits
@@ -35,12 +36,14 @@ if TYPE_CHECKING:
     import torch
 
     from pytest_dlmbench.core import Settings
-    from pytest_dlmbench.loader import ModelCache
-    from pytest_dlmbench.models import ModelSpec
+    from pytest_dlmbench.loader import LoadedModel, ModelCache
+    from pytest_dlmbench.roofline import Peaks
+    from pytest_dlmbench.session import DlmSession
 
-# A user's generate callable: prompt ids (batch, prompt_len) -> ids (batch, gen_len), or a
-# GenerationResult when it also knows its forward count.
-GenerateFn = Callable[["torch.Tensor"], "torch.Tensor | GenerationResult"]
+# A user's generate callable: prompt ids (batch, prompt_len) [, the point's ForwardLog, whose
+# `forward(kind, tokens, context, logits)` block wraps each model forward] -> ids (batch, gen_len),
+# or a GenerationResult.
+GenerateFn = Callable[..., "torch.Tensor | GenerationResult"]
 
 
 class RoundsWarning(UserWarning):
@@ -73,50 +76,38 @@ class PointPlan:
     """What one point runs: a whole generation, its labels, and for the built-in paradigms the
     decoder (the roofline reads its forwards) and the baseline strategy's decoder (token agreement)."""
 
-    point: BenchPoint
+    labels: PointLabels
     run_once: Callable[[], GenerationResult]
-    describe: dict[str, Any]  # labels for the record: weights, dtype, device, block_size, ...
-    decoder: tuple[ModelSpec, Paradigm] | None = None
+    describe: dict[str, Any]  # what the decoder adds to the labels: block_size, steps, acceptance, ...
+    decoder: Decoder | None = None
     prime: Callable[[], None] | None = None  # on a model's first point: a short untimed start-up run
     baseline_tokens: Callable[[], torch.Tensor] | None = None  # the baseline strategy's output, untimed
     runtime: Runtime | None = None  # the built-in paradigms' execution runtime, its graphs kept for the point
 
-
-@dataclass(frozen=True)
-class Measurement:
-    results: list[GenerationResult]  # one per timed round
-    latencies_s: list[float]
-    memory: MemoryReport
-    capture_s: float | None = None  # the runtime's capture time, all untimed runs together
+    @property
+    def point(self) -> BenchPoint:
+        return self.labels.point
 
 
 class PointRunner:
     """``dlm_bench(point)`` runs a built-in paradigm; ``dlm_bench(point, generate=fn)`` times yours."""
 
-    def __init__(
-        self,
-        benchmark: Any,
-        settings: Settings,
-        models: ModelCache,
-        write_line: Callable[[str], None] | None = None,
-        record: Callable[[PointMetrics], None] | None = None,
-        baselines: dict[tuple[Any, ...], torch.Tensor] | None = None,
-        peaks: Peaks | None = None,
-        gate_rounds: int = 0,
-        baseline_selected: Callable[[BenchPoint], bool] = lambda point: True,
-        on_oom: Callable[[BenchPoint, PointMetrics], None] = lambda point, record: None,
-    ) -> None:
-        self.peaks = peaks  # the device's roofs (None where unknown)
+    def __init__(self, benchmark: Any, settings: Settings, models: ModelCache, session: DlmSession, test_id: str, *,
+                 peaks: Peaks | None = None, write_line: Callable[[str], None] | None = None,
+                 on_oom: Callable[[BenchPoint, PointMetrics], None] = lambda point, record: None) -> None:
         self.benchmark = benchmark
         self.settings = settings
         self.models = models
+        self.session = session  # keeps the records; holds the tokens that agreement compares with
+        self.test_id = test_id
+        self.peaks = peaks  # the device's roofs (None where unknown)
         self.write_line = write_line
-        self.record = record
-        # the session's tokens: shape key -> the baseline strategy's; ("runtime", runtime key) -> the first runtime's
-        self.baselines = baselines if baselines is not None else {}
-        self.gate_rounds = gate_rounds  # the rounds the gate needs to judge this point against its baseline
-        self.baseline_selected = baseline_selected  # does the session run this point's baseline strategy?
         self.on_oom = on_oom  # called with an out-of-memory point's record (the fixture skips the test)
+
+    @property
+    def gate_rounds(self) -> int:
+        """The rounds the gate needs to judge this point against its baseline."""
+        return self.session.gate_rounds.get(self.test_id, 0)
 
     def __call__(self, point: BenchPoint, generate: GenerateFn | None = None, vocab_size: int | None = None,
                  extra: dict[str, Any] | None = None) -> PointMetrics:
@@ -125,30 +116,30 @@ class PointRunner:
         raised. `extra` is saved with the point, whatever its status."""
         progress = Progress(self.write_line, point.id)
         plan = self.plan(point, generate, vocab_size, progress)
+        point = plan.point  # a user's generate is labelled with its own runtime
         device = self.settings.torch_device
         try:
             measurement = self.measure(plan, progress)
         except Exception as error:  # noqa: BLE001 - every failure becomes a recorded result
             status, message = "oom" if is_out_of_memory(error) else "error", f"{type(error).__name__}: {error}"
             if status == "error":
-                self.keep(failed_record(point, plan.describe, status, message, memory_now(device), extra))
+                self.keep(failed_record(plan.labels, plan.describe, status, message, memory_now(device), extra))
                 raise
         else:
             last = measurement.results[-1]
             tokens = last.tokens
             if self.settings.acceptance_trace and plan.describe.get("acceptance") == "model":
                 write_commits(self.settings.acceptance_trace, point, last.commits)
-            record = self.assemble(plan, measurement, self._agreement(plan, tokens), extra)
-            record = dataclasses.replace(record, runtime_agreement=self._runtime_agreement(point, tokens),
-                                         point_wall_s=time.monotonic() - progress.started)
-            self.benchmark.extra_info.update(record.to_extra_info())
+            record = timed_record(plan.labels, plan.describe, measurement, plan.decoder, self.peaks,
+                                  self._agreement(plan, tokens), self._runtime_agreement(point, tokens), extra)
+            record = dataclasses.replace(record, point_wall_s=time.monotonic() - progress.started)
             self.keep(record)
             return record
-        describe = plan.describe
+        labels, describe = plan.labels, plan.describe
         del plan  # outside the except block, so the failed frames' tensors (and the prompts) are freed
         memory = memory_now(device)
         release_memory(device)
-        record = failed_record(point, describe, status, message, memory, extra)
+        record = failed_record(labels, describe, status, message, memory, extra)
         self.keep(record)
         self.on_oom(point, record)
         return record
@@ -157,43 +148,33 @@ class PointRunner:
         """The record with more keys, kept and saved in its place (e.g. what a boundary search learns
         from the timed generation)."""
         amended = dataclasses.replace(record, extra=record.extra | extra)
-        self.benchmark.extra_info.update(amended.to_extra_info())
         self.keep(amended)
         return amended
 
     def keep(self, record: PointMetrics) -> None:
-        """Hand a result to the session (summary table, saved file, gate)."""
-        if self.record is not None:
-            self.record(record)
+        """Hand the point's record to the session (summary table, saved file, gate); a finished
+        point's goes into its pytest-benchmark entry too (an unfinished one is saved apart)."""
+        if record.status == "ok":
+            self.benchmark.extra_info.update(record.to_extra_info())
+        self.session.keep(self.test_id, record)
 
     def plan(self, point: BenchPoint, generate: GenerateFn | None, vocab_size: int | None,
              progress: Progress) -> PointPlan:
         settings = self.settings
         device = settings.torch_device
-        labels = point_labels(point, settings)
         if generate is not None:
-            if vocab_size is None:
-                raise ValueError("dlm_bench(point, generate=fn) also needs vocab_size= for the prompt ids")
-            prompt_ids = synthetic_prompts(vocab_size, point.batch_size, point.prompt_len, settings.seed, device)
-
-            def run_user() -> GenerationResult:
-                out = generate(prompt_ids)
-                result = out if isinstance(out, GenerationResult) else GenerationResult(tokens=out, nfe=0)
-                check_generated(point, result.tokens)
-                return result
-
-            return PointPlan(point, run_user, {"weights": "user", "block_size": None, "steps": None} | labels)
+            return self._user_plan(point, generate, vocab_size, progress)
 
         loaded = self.models.get(point.model)
+        labels = PointLabels.of(point, settings, loaded.weights)
         spec, model = loaded.spec, loaded.model
-        paradigm = paradigm_for(point, settings, loaded.weights)
+        paradigm = paradigm_for(point, settings, labels.weights)
         prompt_ids = self._prompts(point, loaded)
         phases = paradigm.memory_phases(spec, point.prompt_len, point.gen_len)
         runtime = make_runtime(point.runtime, model)
-        describe = {"weights": loaded.weights, "prompt_source": settings.prompts,
-                    "predicted_peak_bytes": predicted_peak_bytes(spec, phases, point.batch_size, settings.dtype,
+        describe = {"predicted_peak_bytes": predicted_peak_bytes(spec, phases, point.batch_size, settings.dtype,
                                                                  runtime.concatenates),
-                    **paradigm.describe(spec, point.gen_len)} | labels
+                    **paradigm.describe(spec, point.gen_len)}
 
         def run(decoder: Paradigm, log: ForwardLog) -> GenerationResult:
             return decoder.generate(runtime, spec, prompt_ids, point.gen_len, log)
@@ -203,12 +184,12 @@ class PointRunner:
                 run(paradigm, ForwardLog(RegionTimer(device), limit=4))
 
         def baseline_tokens() -> torch.Tensor:
-            baseline = paradigm_for(point, settings, loaded.weights, "baseline")
+            baseline = paradigm_for(point, settings, labels.weights, "baseline")
             return run(baseline, ForwardLog(RegionTimer(device))).tokens
 
-        return PointPlan(point, lambda: run(paradigm, ForwardLog(RegionTimer(device), progress)), describe,
-                         (spec, paradigm), prime if self.models.first_use(point.model) else None, baseline_tokens,
-                         runtime)
+        return PointPlan(labels, lambda: run(paradigm, ForwardLog(RegionTimer(device), progress)), describe,
+                         Decoder(spec, paradigm, runtime.concatenates),
+                         prime if self.models.first_use(point.model) else None, baseline_tokens, runtime)
 
     def measure(self, plan: PointPlan, progress: Progress) -> Measurement:
         """Start-up run, warm-up (memory tracked on the first), then the timed rounds under pytest-benchmark."""
@@ -222,8 +203,8 @@ class PointRunner:
             memory, warm_s = MemoryReport(), None
             if settings.warmup == 0 and plan.runtime is not None and plan.runtime.capture_s is not None:
                 progress.phase = "capturing graphs"
-                spec, paradigm = plan.decoder
-                fixed = paradigm.fixed_shapes(spec, plan.point.gen_len)  # then a shape runs only when captured
+                assert plan.decoder is not None and plan.decoder.paradigm is not None  # a runtime's is built in
+                fixed = plan.decoder.paradigm.fixed_shapes(plan.decoder.spec, plan.point.gen_len)  # then a shape runs only when captured
                 with plan.runtime.skipping_seen_shapes() if fixed else nullcontext():
                     plan.run_once()  # untimed: capture is never timed, even without warm-up
             for index in range(settings.warmup):
@@ -267,34 +248,32 @@ class PointRunner:
         if capture_s != captured_s:
             warnings.warn(f"{progress.label}: a forward shape was first captured in a timed round (its capture, "
                           f"{capture_s - captured_s:.2f} s, is in that round's time)", CaptureWarning, stacklevel=2)
-        return Measurement(results, latencies, memory, capture_s)
+        return Measurement(results, latencies, memory, settings.warmup, capture_s)
 
-    def assemble(self, plan: PointPlan, measurement: Measurement, agreement: float | None,
-                 extra: dict[str, Any] | None) -> PointMetrics:
-        """The point's one record: what is saved, journaled and gated."""
-        point, results = plan.point, measurement.results
-        forward_ms: dict[str, list[float]] = {}
-        for result in results:
-            for kind, values in result.forward_ms.items():
-                forward_ms.setdefault(kind, []).extend(values)
-        record = PointMetrics.from_run(
-            point, describe=plan.describe, latencies_s=measurement.latencies_s, nfe=results[-1].nfe or None,
-            forward_ms=forward_ms, memory=measurement.memory, warmup_rounds=self.settings.warmup,
-            decoded_len=results[-1].decoded_len, token_agreement=agreement, capture_s=measurement.capture_s, extra=extra,
-        )
-        row_nfe = results[-1].row_nfe
-        if row_nfe and all(row_nfe):
-            record = dataclasses.replace(record, row_tokens_per_forward=statistics.fmean(
-                point.gen_len / nfe for nfe in row_nfe))
-        if plan.decoder is None:
-            return dataclasses.replace(record, roofline=empty_roofline())
-        spec, paradigm = plan.decoder  # built-in paradigms know the shape of every forward
-        roofline = roofline_fields(spec, results[-1].shapes, point.batch_size, point.gen_len, self.settings.dtype,
-                                   record.latency_s, self.peaks, concatenating_cache=plan.runtime.concatenates)
-        paper = paradigm.paper_arithmetic_intensity(spec, point.prompt_len, point.gen_len, point.batch_size)
-        roofline["ai_paper_flop_per_element"] = paper
-        roofline["ai_paper_formula"] = None if paper is None else paper_formula(paradigm.paper_equation)
-        return dataclasses.replace(record, roofline=roofline)
+    def _user_plan(self, point: BenchPoint, generate: GenerateFn, vocab_size: int | None,
+                   progress: Progress) -> PointPlan:
+        """A user's generate: labelled runtime "user"; where `point.model` names a registered spec
+        and generate records its forwards in the log it is handed, the roofline and the memory
+        model follow from those forwards as for the built-in decoders."""
+        settings, device = self.settings, self.settings.torch_device
+        spec = MODEL_SPECS.get(point.model)
+        vocab = vocab_size or (spec.prompt_vocab_limit if spec is not None else None)
+        if vocab is None:
+            raise ValueError(f"dlm_bench(point, generate=fn): {point.model!r} is no registered model, so it also "
+                             "needs vocab_size= for the prompt ids")
+        point = dataclasses.replace(point, runtime=USER_RUNTIME)
+        prompt_ids = synthetic_prompts(vocab, point.batch_size, point.prompt_len, settings.seed, device)
+        takes_log = len(inspect.signature(generate).parameters) >= 2
+
+        def run_user() -> GenerationResult:
+            log = ForwardLog(RegionTimer(device), progress)
+            out = generate(prompt_ids, log) if takes_log else generate(prompt_ids)  # type: ignore[call-arg]
+            check_generated(point, out.tokens if isinstance(out, GenerationResult) else out)
+            return out if isinstance(out, GenerationResult) else log.result(out)
+
+        decoder = None if spec is None else Decoder(spec, None, concatenating=False)
+        return PointPlan(PointLabels.of(point, settings, "user", prompt_source="synthetic"), run_user,
+                         dict(UNDESCRIBED), decoder)
 
     def _agreement(self, plan: PointPlan, tokens: torch.Tensor) -> float | None:
         """Share of tokens equal to the baseline strategy's on the same shape, wherever the session
@@ -303,28 +282,28 @@ class PointRunner:
         if plan.baseline_tokens is None:
             return None
         if point.strategy == "baseline":
-            self.baselines[point.shape_key] = tokens.cpu()
+            self.session.tokens[point.shape_key] = tokens.cpu()
             return None
-        if point.shape_key not in self.baselines:
-            if not self.baseline_selected(point):
+        if point.shape_key not in self.session.tokens:
+            if not self.session.runs_baseline(point):
                 return None
             import torch
 
             with torch.inference_mode():
-                self.baselines[point.shape_key] = plan.baseline_tokens().cpu()
-        baseline = self.baselines[point.shape_key]
+                self.session.tokens[point.shape_key] = plan.baseline_tokens().cpu()
+        baseline = self.session.tokens[point.shape_key]
         return float((tokens.cpu() == baseline).float().mean()) if baseline.shape == tokens.shape else None
 
     def _runtime_agreement(self, point: BenchPoint, tokens: torch.Tensor) -> float | None:
         """Share of tokens equal to the same point under the runtime the session ran first."""
         key = ("runtime", *point.runtime_key)
-        first = self.baselines.get(key)
+        first = self.session.tokens.get(key)
         if first is None:
-            self.baselines[key] = tokens.cpu()
+            self.session.tokens[key] = tokens.cpu()
             return None
         return float((tokens.cpu() == first).float().mean()) if first.shape == tokens.shape else None
 
-    def _prompts(self, point: BenchPoint, loaded: Any) -> torch.Tensor:
+    def _prompts(self, point: BenchPoint, loaded: LoadedModel) -> torch.Tensor:
         settings = self.settings
         if settings.prompts == "synthetic":
             return synthetic_prompts(loaded.spec.prompt_vocab_limit, point.batch_size, point.prompt_len, settings.seed,
@@ -339,16 +318,3 @@ def check_generated(point: BenchPoint, tokens: Any) -> None:
     if shape != (point.batch_size, point.gen_len):
         raise ValueError(f"{point.id}: generate returned {type(tokens).__name__} of shape {shape}; the point needs "
                          f"token ids of shape (batch_size, gen_len) = ({point.batch_size}, {point.gen_len})")
-
-
-def point_labels(point: BenchPoint, settings: Settings) -> dict[str, Any]:
-    """The record's labels that the point and the session give, whatever ran it."""
-    return {"dtype": settings.dtype, "device": settings.device, "runtime": point.runtime, "fidelity": point.fidelity,
-            "temperature": settings.decode.temperature, "gpu_index": settings.gpu_index, "worker": settings.worker}
-
-
-def failed_record(point: BenchPoint, describe: dict[str, Any], status: str, message: str, memory: MemoryReport,
-                  extra: dict[str, Any] | None = None) -> PointMetrics:
-    """A point that did not finish, with every roofline key null."""
-    return dataclasses.replace(PointMetrics.failed(point, describe, status, message, memory, extra),
-                               roofline=empty_roofline())

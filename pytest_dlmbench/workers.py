@@ -208,8 +208,8 @@ class Controller:
         return None
 
     def _crashed(self, report: pytest.TestReport) -> Received:
-        from pytest_dlmbench.core import BenchPoint, MemoryReport
-        from pytest_dlmbench.runner import failed_record, point_labels
+        from pytest_dlmbench.core import UNDESCRIBED, BenchPoint, PointLabels
+        from pytest_dlmbench.record import failed_record
         from pytest_dlmbench.store import FAILED_KEY, failed_entry
 
         settings = self.settings()
@@ -219,10 +219,8 @@ class Controller:
         reason = self.down.get(worker or "")
         message = " ".join(filter(None, (str(report.longrepr), gpu is not None and f"on GPU {gpu}",
                                          reason and f"({reason})")))
-        describe = point_labels(point, settings) | {
-            "weights": "checkpoint" if settings.checkpoint(point.model) else "random", "block_size": None,
-            "steps": None, "worker": worker, "gpu_index": gpu}
-        record = failed_record(point, describe, "error", message, MemoryReport()).to_extra_info()
+        labels = PointLabels.of(point, settings, worker=worker, gpu_index=gpu)
+        record = failed_record(labels, UNDESCRIBED, "error", message).to_extra_info()
         return Received(report.nodeid, record, (FAILED_KEY, failed_entry(report.nodeid, record)))
 
 

@@ -49,8 +49,9 @@ class Recorder:
 
 
 def reference_llada(model: Any, prompt_ids: torch.Tensor, gen_len: int, block_len: int, steps: int,
-                    mask_id: int) -> torch.Tensor:
-    """LLaDA's sampler written literally: full logits every step, per-row top-k, float64 softmax."""
+                    mask_id: int, shifted: bool = False) -> torch.Tensor:
+    """LLaDA's sampler written literally: full logits every step, per-row top-k, float64 softmax;
+    `shifted`: Dream's, whose logits at p predict p + 1 (shifted right, the first kept)."""
     batch, prompt_len = prompt_ids.shape
     x = torch.cat([prompt_ids, torch.full((batch, gen_len), mask_id)], dim=1)
     blocks = gen_len // block_len
@@ -62,6 +63,8 @@ def reference_llada(model: Any, prompt_ids: torch.Tensor, gen_len: int, block_le
         for i in range(steps_per_block):
             mask_index = x == mask_id
             logits = model(x).logits.double()
+            if shifted:
+                logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
             logits[..., mask_id] = -float("inf")
             p = torch.softmax(logits, dim=-1)
             x0 = logits.argmax(dim=-1)

@@ -9,7 +9,7 @@ import torch
 
 from pytest_dlmbench import __version__
 from pytest_dlmbench.cli import main
-from pytest_dlmbench.core import BenchPoint
+from pytest_dlmbench.core import BenchPoint, PointLabels
 from pytest_dlmbench.grid import GRIDS, select_points
 from pytest_dlmbench.memory import MemoryReport, MemoryTracker, MemoryWarning, nvml_handle
 from pytest_dlmbench.core import PointMetrics
@@ -53,10 +53,9 @@ def test_failing_nvml_gives_null_and_a_warning(monkeypatch):
 
 
 def test_metrics_follow_the_definitions():
-    point = BenchPoint("dlm", "tiny-dlm", 40, 64, 4)
+    labels = PointLabels(BenchPoint("dlm", "tiny-dlm", 40, 64, 4), "random", "fp32", "cpu")
     metrics = PointMetrics.from_run(
-        point, describe={"weights": "random", "dtype": "fp32", "device": "cpu",
-                         "block_size": 32, "steps": 64},
+        labels, describe={"block_size": 32, "steps": 64},
         latencies_s=[2.0, 1.0, 4.0], nfe=64, forward_ms={"prefill": [9.0], "step": [1.0, 3.0]},
         memory=MemoryReport(peak_rss_bytes=123), warmup_rounds=1,
     )

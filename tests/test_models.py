@@ -24,8 +24,11 @@ def test_kv_cache_bytes_per_token(name, kib):
 
 
 def test_every_model_has_a_tiny_sibling_of_its_family():
-    real = {(s.paradigm, s.family, s.bidirectional) for s in MODEL_SPECS.values() if not s.tiny}
-    tiny_ = {(s.paradigm, s.family, s.bidirectional) for s in MODEL_SPECS.values() if s.tiny}
+    def kind(spec):
+        return spec.paradigm, spec.family, spec.bidirectional, spec.shifted_logits, spec.is_moe
+
+    real = {kind(s) for s in MODEL_SPECS.values() if not s.tiny}
+    tiny_ = {kind(s) for s in MODEL_SPECS.values() if s.tiny}
     assert real == tiny_
 
 

@@ -104,14 +104,15 @@ def test_graphs_refuses_a_forward_that_would_see_a_gap(models):
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
-def test_masked_attention_needs_an_empty_cache(models, runtime):
+def test_a_block_causal_mask_needs_an_empty_cache(models, runtime):
     spec, model = models["block"]
     executor = make_runtime(runtime, model)
     cache = executor.new_cache(1, 64)
     with torch.inference_mode():
         executor.forward(prompt(spec, 1, 32), 0, 1, cache, keep=True)
-        with pytest.raises(ValueError, match="attention='causal' needs an empty cache, which holds 32 positions"):
-            executor.forward(prompt(spec, 1, 8), 32, 1, cache, attention="causal")
+        with pytest.raises(ValueError, match="attention='block_causal' needs an empty cache, which holds 32 "
+                                             "positions"):
+            executor.forward(prompt(spec, 1, 8), 32, 1, cache, attention="block_causal", block_size=8)
         with pytest.raises(ValueError, match="attention='sliding'; allowed: full, causal, block_causal"):
             executor.forward(prompt(spec, 1, 8), 32, 1, cache, attention="sliding")
 
@@ -143,8 +144,8 @@ def test_the_graphs_runtime_names_a_bias_it_cannot_run():
     spec, model = tiny("tiny-ar", seed=4)
     layer = model.model.layers[1]
     layer.mlp.down_proj.bias = torch.nn.Parameter(torch.zeros(layer.mlp.down_proj.out_features))
-    with pytest.raises(ValueError, match="layer 1's down_proj has a bias; the graphs runtime allows biases on "
-                                         "q_proj, k_proj and v_proj only"):
+    with pytest.raises(ValueError, match="does not implement .*layer 1's bias on down_proj \\(implemented: biases "
+                                         "on q_proj, k_proj and v_proj only\\)"):
         make_runtime("graphs", model)
 
 

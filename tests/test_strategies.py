@@ -12,7 +12,7 @@ from helpers import Recorder, new_log, on, prompt
 from pytest_dlmbench.memory_model import predicted_peak_bytes
 from pytest_dlmbench.paradigms import DecodeError, DecodeOptions, ForwardLog, make_paradigm
 from pytest_dlmbench.paradigms.base import parallel_acceptance
-from pytest_dlmbench.paradigms.acceptance import Replay, RowTPF, TargetTPF, Threshold, choose
+from pytest_dlmbench.paradigms.acceptance import Replay, RowTPF, Schedule, TargetTPF, Threshold, choose
 
 
 
@@ -99,11 +99,11 @@ def test_block_simulated_tpf_forward_count(tiny_block):
 
 def test_choose_rules():
     confidence = torch.tensor([[0.95, 0.2, -torch.inf, 0.91], [0.1, 0.3, 0.2, -torch.inf]])
-    assert choose(confidence, None, 0.9).tolist() == [[True, False, False, True], [False, True, False, False]]
-    assert choose(confidence, 2, None).tolist() == [[True, False, False, True], [False, True, True, False]]
-    assert choose(confidence, 5, None).sum(dim=1).tolist() == [3, 3]  # never more than is masked
-    assert choose(confidence, (1, 2), None).tolist() == [[True, False, False, False], [False, True, True, False]]
-    assert choose(confidence, (9, 0), None).sum(dim=1).tolist() == [3, 0]
+    assert choose(confidence, None, Threshold(0.9)).tolist() == [[True, False, False, True], [False, True, False, False]]
+    assert choose(confidence, 2, Schedule(1)).tolist() == [[True, False, False, True], [False, True, True, False]]
+    assert choose(confidence, 5, Schedule(1)).sum(dim=1).tolist() == [3, 3]  # never more than is masked
+    assert choose(confidence, (1, 2), Schedule(1)).tolist() == [[True, False, False, False], [False, True, True, False]]
+    assert choose(confidence, (9, 0), Schedule(1)).sum(dim=1).tolist() == [3, 0]
 
 
 @pytest.mark.parametrize(("tpf", "dispersion"), [(3.0, 1.0), (2.5, 3.0), (1.0, 1.0)])

@@ -25,7 +25,7 @@ PACKAGE = Path(__file__).parent.parent / "pytest_dlmbench"
 # A module imports only from layers below its own (type-only imports included).
 LAYERS = (
     {"pytest_dlmbench", "core"},
-    {"device", "models", "gate", "journal", "prompts", "runtimes.base", "trace"},
+    {"device", "models", "gate", "journal", "prompts", "runtimes.base", "trace", "extensions"},
     {"runtimes.fused", "runtimes.decode_attention"},
     {"timing", "memory", "memory_model", "store", "loader", "machine", "runtimes.eager", "runtimes.graphs",
      "paradigms.scoring"},
@@ -33,7 +33,8 @@ LAYERS = (
     {"paradigms.base", "report"},
     {"paradigms.ar", "paradigms.block", "paradigms.dlm"},
     {"paradigms", "roofline"},
-    {"grid", "runner", "probe"},
+    {"record", "session"},
+    {"grid", "runner", "probe", "api"},
     {"options", "boundary", "workers", "scheduling"},
     {"plugin", "cli"},
 )

@@ -15,7 +15,7 @@ import transformers.models.llama.modeling_llama  # noqa: F401
 import transformers.models.qwen2.modeling_qwen2  # noqa: F401
 
 from pytest_dlmbench.cli import main
-from pytest_dlmbench.core import BenchPoint, MemoryReport, PointMetrics, Settings
+from pytest_dlmbench.core import BenchPoint, MemoryReport, PointLabels, PointMetrics, Settings
 from pytest_dlmbench.grid import deal, points_for
 from pytest_dlmbench.roofline import ROOFLINE_KEYS
 from pytest_dlmbench.scheduling import model_groups
@@ -254,9 +254,8 @@ def test_workers_on_cuda_without_devices_would_share_a_gpu_and_are_refused():
 
 
 def test_a_record_survives_the_trip_to_the_controller():
-    metrics = PointMetrics.failed(BenchPoint("ar", "tiny-ar", 16, 32, 1), {
-        "weights": "random", "dtype": "fp32", "device": "cpu", "block_size": None, "steps": None}, "error", "boom",
-        MemoryReport(), {"mine": 1})
+    labels = PointLabels(BenchPoint("ar", "tiny-ar", 16, 32, 1), "random", "fp32", "cpu", worker="gw1")
+    metrics = PointMetrics.failed(labels, {}, "error", "boom", MemoryReport(), {"mine": 1})
     metrics = PointMetrics(**{**vars(metrics), "round_latencies_s": (0.5, 0.6), "roofline": {"bound": "memory"}})
     back = PointMetrics.from_extra_info(json.loads(json.dumps(metrics.to_extra_info())), ROOFLINE_KEYS)
     assert back == metrics

@@ -39,8 +39,9 @@ def linear_schedule(masked: int, steps: int) -> list[int]:
 
 class Acceptance(Protocol):
     """Yields, for each forward over the `span`-th span (of a generation) of `masked` masked
-    positions, how many to commit; None means: every position above `threshold`, plus the most
-    confident one."""
+    positions, how many to commit; None means: the rule reads the model's confidences and
+    `select`s the positions itself (Threshold: every one above `threshold`, plus the most
+    confident one). A rule of one's own (api.py) implements the same three members."""
 
     label: str  # recorded as extra_info["acceptance"]
     threshold: float | None
@@ -52,9 +53,18 @@ class Acceptance(Protocol):
         rule alone decides; None (whatever the arguments) where the model's confidences do."""
         ...
 
+    def select(self, confidence: torch.Tensor) -> torch.Tensor:
+        """Where `counts` yields None: the positions to commit, (batch, n) bool, from the
+        confidences (batch, n) of the masked positions (-inf elsewhere). At least one a row, or
+        the span never ends."""
+        ...
+
 
 class Counted:
     """A rule whose commits never depend on the logits: its forwards per span are known up front."""
+
+    def select(self, confidence: torch.Tensor) -> torch.Tensor:
+        raise TypeError(f"{type(self).__name__} yields counts; it never selects from confidences")
 
     def counts(self, masked: int, span: int, batch: int) -> Iterator[Count]: ...
 
@@ -96,6 +106,11 @@ class Threshold:
     def steps(self, masked: int, span: int, batch: int) -> int | None:
         """At 1.0 or above no probability passes, so each forward commits exactly its argmax."""
         return masked if self.threshold >= 1.0 else None
+
+    def select(self, confidence: torch.Tensor) -> torch.Tensor:
+        """Above the threshold, and always each row's most confident one."""
+        chosen = confidence > self.threshold
+        return chosen.scatter_(1, confidence.argmax(dim=-1, keepdim=True), True)
 
 
 @dataclass(frozen=True)
@@ -158,15 +173,13 @@ class Replay(Counted):
         yield from itertools.repeat((masked,) * batch)
 
 
-def choose(confidence: torch.Tensor, count: Count, threshold: float | None) -> torch.Tensor:
+def choose(confidence: torch.Tensor, count: Count, rule: Acceptance) -> torch.Tensor:
     """Which positions to commit. confidence: (batch, n), -inf where nothing is masked."""
     import torch
 
     masked = torch.isfinite(confidence)
-    if count is None:  # above the threshold, and always each row's most confident one
-        chosen = confidence > threshold
-        chosen.scatter_(1, confidence.argmax(dim=-1, keepdim=True), True)
-        return chosen & masked
+    if count is None:  # the rule reads the confidences
+        return rule.select(confidence) & masked
     if isinstance(count, tuple):  # each row its own count of its most confident masked positions
         order = confidence.argsort(dim=-1, descending=True, stable=True)  # (batch, n)
         ranks = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1], device=order.device)
@@ -179,7 +192,7 @@ def choose(confidence: torch.Tensor, count: Count, threshold: float | None) -> t
 
 
 def commit(x_span: torch.Tensor, logits: torch.Tensor, rows: torch.Tensor | None, mask_token_id: int, count: Count,
-           threshold: float | None, scoring: Scoring, generator: torch.Generator | None = None,
+           rule: Acceptance, scoring: Scoring, generator: torch.Generator | None = None,
            ) -> tuple[torch.Tensor, torch.Tensor]:
     """The span with the chosen masked positions replaced by their predicted tokens, and the
     commits per row. x_span: (batch, n) ids; logits: (batch, computed, vocab), whose `rows` are
@@ -188,5 +201,5 @@ def commit(x_span: torch.Tensor, logits: torch.Tensor, rows: torch.Tensor | None
 
     scores, predicted = confidence(logits, rows, mask_token_id, scoring, generator)
     scores = torch.where(x_span == mask_token_id, scores, -torch.inf)
-    chosen = choose(scores, count, threshold)
+    chosen = choose(scores, count, rule)
     return torch.where(chosen, predicted, x_span), chosen.sum(dim=1)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 from pytest_dlmbench.core import DEFAULT_FIDELITY, BenchPoint, DecodeOptions, Settings
-from pytest_dlmbench.models import MODEL_SPECS
+from pytest_dlmbench.models import get_spec
 from pytest_dlmbench.paradigms.acceptance import Acceptance, Replay, RowTPF, TargetTPF, Threshold
 from pytest_dlmbench.timing import RegionTimer
 from pytest_dlmbench.trace import read_commits
@@ -172,12 +172,39 @@ def validate_lengths(spec: ModelSpec, prompt_len: int, gen_len: int, batch_size:
 
 P = TypeVar("P", bound=type)
 PARADIGMS: dict[str, type] = {}
+# A strategy added to a paradigm from outside its module: (options, fidelity) -> the configured decoder.
+StrategyBuilder = Callable[[DecodeOptions, str], Paradigm]
+ADDED_STRATEGIES: dict[tuple[str, str], StrategyBuilder] = {}  # (paradigm, strategy) -> builder
 
 
 def register(cls: P) -> P:
     """Class decorator: make a paradigm available under its `name`."""
     PARADIGMS[cls.name] = cls
     return cls
+
+
+def add_strategy(paradigm: str, name: str, build: StrategyBuilder) -> None:
+    """Make `name` a strategy of `paradigm`, built by `build(options, fidelity)`."""
+    if paradigm not in PARADIGMS:
+        raise DecodeError(f"strategy {name!r}: unknown paradigm {paradigm!r}; known paradigms: {', '.join(PARADIGMS)}")
+    if name in PARADIGMS[paradigm].strategies:
+        raise DecodeError(f"strategy {name!r} is one of paradigm {paradigm}'s own; choose another name")
+    ADDED_STRATEGIES[paradigm, name] = build
+
+
+def strategies_of(paradigm: str) -> tuple[str, ...]:
+    """The paradigm's strategies, read live: its own (the baseline first), then the added ones."""
+    return (*PARADIGMS[paradigm].strategies, *(name for owner, name in ADDED_STRATEGIES if owner == paradigm))
+
+
+def strategy_names() -> tuple[str, ...]:
+    """Every strategy of every paradigm, each once, in the paradigms' order."""
+    return tuple(dict.fromkeys(name for paradigm in PARADIGMS for name in strategies_of(paradigm)))
+
+
+def supported_runtimes(paradigm: str) -> tuple[str, ...] | None:
+    """The runtimes a paradigm declares it runs on (`runtimes` on its class); None: every runtime."""
+    return getattr(PARADIGMS[paradigm], "runtimes", None)
 
 
 def make_paradigm(name: str, options: DecodeOptions, strategy: str = "baseline",
@@ -188,8 +215,10 @@ def make_paradigm(name: str, options: DecodeOptions, strategy: str = "baseline",
         cls = PARADIGMS[name]
     except KeyError:
         raise DecodeError(f"unknown paradigm {name!r}; known paradigms: {', '.join(PARADIGMS)}") from None
+    if (name, strategy) in ADDED_STRATEGIES:
+        return ADDED_STRATEGIES[name, strategy](options, fidelity)
     if strategy not in cls.strategies:
-        raise DecodeError(f"paradigm {name} has no strategy {strategy!r}; it has: {', '.join(cls.strategies)}")
+        raise DecodeError(f"paradigm {name} has no strategy {strategy!r}; it has: {', '.join(strategies_of(name))}")
     return cls.from_options(options, strategy, fidelity)
 
 
@@ -200,7 +229,7 @@ def paradigm_for(point: BenchPoint, settings: Settings, weights: str, strategy: 
     options = settings.decode_for(weights)
     paradigm = make_paradigm(point.paradigm, options, strategy or point.strategy, point.fidelity)
     if settings.acceptance_trace is None or weights != "random" or \
-            paradigm.describe(MODEL_SPECS[point.model], point.gen_len)["acceptance"] != "simulated":
+            paradigm.describe(get_spec(point.model), point.gen_len).get("acceptance") != "simulated":
         return paradigm
     replay = dataclasses.replace(options, replay=read_commits(settings.acceptance_trace, point))
     return make_paradigm(point.paradigm, replay, strategy or point.strategy, point.fidelity)

@@ -89,7 +89,7 @@ class BlockDiffusionDecoder:
         # eq. 12: 2 B n_l (2 G d^2 + a^2 G d^2 + L G d) / (N + 2 B n_l d L + B n_l d G)
         n, layers, d, length, g = (parameter_count(spec), spec.num_layers, spec.hidden_size, prompt_len + gen_len,
                                    spec.block_size)
-        alpha = spec.intermediate_size / d
+        alpha = spec.active_intermediate_size / d
         return 2 * batch * layers * (2 * g * d * d + alpha**2 * g * d * d + length * g * d) / (
             n + 2 * batch * layers * d * length + batch * layers * d * g)
 
@@ -134,7 +134,7 @@ class BlockDiffusionDecoder:
         self.validate(spec, prompt_len, gen_len, batch)
         mask_id, block_size = spec.mask_token_id, spec.block_size
         subblock_size = self.subblock_len or spec.subblock_size
-        threshold, scoring = self.acceptance.threshold, self.scoring
+        rule, scoring = self.acceptance, self.scoring
         total = self.decoded_length(spec, prompt_len, gen_len)
         answer = torch.full((batch, total - prompt_len), mask_id, dtype=torch.long, device=prompt_ids.device)
         x = torch.cat([prompt_ids, answer], dim=1)  # (batch, total)
@@ -188,7 +188,7 @@ class BlockDiffusionDecoder:
                                          kv_written=sub.stop - sub.start, in_place=True):  # the sub-block's slots
                             logits, rows = scoring.forward(runtime, x[:, sub], sub.start,
                                                            (shifted - sub.start).clamp(min=0), cache)
-                    x[:, sub], committed = commit(x[:, sub], logits, rows, mask_id, next(counts), threshold, scoring,
+                    x[:, sub], committed = commit(x[:, sub], logits, rows, mask_id, next(counts), rule, scoring,
                                                   noise)
                     log.committed(span, committed, scoring.softmax_rows(logits.shape[1], sub.stop - sub.start),
                                   scoring.traffic_bytes(logits.element_size()))

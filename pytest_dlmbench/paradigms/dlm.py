@@ -89,7 +89,7 @@ class MaskedDiffusionDecoder:
             return None
         # eq. 13: 2 B n_l (2 L d^2 + a^2 L d^2 + L^2 d) / (N + B n_l d L), a = FFN / d
         n, layers, d, length = parameter_count(spec), spec.num_layers, spec.hidden_size, prompt_len + gen_len
-        alpha = spec.intermediate_size / d
+        alpha = spec.active_intermediate_size / d
         return 2 * batch * layers * (2 * length * d * d + alpha**2 * length * d * d + length**2 * d) / (
             n + batch * layers * d * length)
 
@@ -126,6 +126,10 @@ class MaskedDiffusionDecoder:
         x = torch.cat([prompt_ids, answer], dim=1)  # (batch, prompt_len + gen_len)
         acceptance = self.acceptance(gen_len)
         block_rows = torch.arange(self.block_len, device=x.device)
+        # shifted logits (Dream): position p is predicted at p - 1; a span forward's first position,
+        # whose predecessor it does not compute, takes its own logit, as Fast-dLLM's Dream code does
+        shift = 1 if spec.shifted_logits else 0
+        span_rows = (block_rows - shift).clamp(min=0)
         noise = torch.Generator(x.device).manual_seed(self.seed) if self.scoring.temperature else None
         forward = self.scoring.forward
 
@@ -137,12 +141,12 @@ class MaskedDiffusionDecoder:
             while unfinished(step, steps, x[:, start:end], mask_id):
                 if self.cache == "none":
                     with log.forward("step", total, total, self.scoring.logit_rows(total, self.block_len)):
-                        logits, rows = forward(runtime, x, 0, block_rows + start)  # bidirectional over everything
+                        logits, rows = forward(runtime, x, 0, block_rows + start - shift)  # bidirectional over everything
                 if self.cache != "none" and (step == 0 or self.refresh_every_step):
                     cache = runtime.new_cache(batch, total)
                     with log.forward("refresh", total, total, self.scoring.logit_rows(total, self.block_len),
                                      kv_written=total):  # also fills the cache
-                        logits, rows = forward(runtime, x, 0, block_rows + start, cache, keep=True)
+                        logits, rows = forward(runtime, x, 0, block_rows + start - shift, cache, keep=True)
                     if self.cache == "prefix":
                         cache.truncate(start)  # keep positions before the block
                     else:
@@ -152,9 +156,9 @@ class MaskedDiffusionDecoder:
                     with log.forward("step", span_end - start, total,
                                      self.scoring.logit_rows(span_end - start, self.block_len),
                                      kv_written=span_end - start, in_place=self.cache == "dual"):  # the block's slots
-                        logits, rows = forward(runtime, x[:, start:span_end], start, block_rows, cache)
+                        logits, rows = forward(runtime, x[:, start:span_end], start, span_rows, cache)
                 x[:, start:end], committed = commit(x[:, start:end], logits, rows, mask_id, next(counts),
-                                                    acceptance.threshold, self.scoring, noise)
+                                                    acceptance, self.scoring, noise)
                 log.committed(span, committed, self.scoring.softmax_rows(logits.shape[1], self.block_len),
                               self.scoring.traffic_bytes(logits.element_size()))
                 step += 1

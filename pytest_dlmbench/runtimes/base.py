@@ -55,7 +55,8 @@ class Runtime(Protocol):
         """Logits of `ids` (batch, n) placed at positions start.. against `cache`.
 
         rows: indices into the n positions, or k for the last k; attention: one of ATTENTION_KINDS
-        ("causal" and "block_causal" only on an empty cache; "block_causal" needs `block_size`).
+        ("causal" over a cache: each position sees the cache and the span up to itself;
+        "block_causal" only on an empty cache, with `block_size`).
         Returns (batch, rows, vocab), valid until the next forward of this runtime.
         """
         ...
@@ -81,11 +82,21 @@ def block_causal_mask(length: int, block_size: int, device: torch.device) -> tor
     return (blocks[:, None] >= blocks[None, :])[None, None]
 
 
+def causal_over_cache_mask(start: int, n: int, device: torch.device) -> torch.Tensor:
+    """(1, 1, n, start + n) bool: the query at position start + i sees positions <= start + i (a
+    span verified causally over a cache holding [0, start), as draft-and-verify decoders do)."""
+    import torch
+
+    return (torch.arange(start + n, device=device)[None, :] <= torch.arange(start, start + n, device=device)[:, None]
+            )[None, None]
+
+
 def check_attention(attention: str, cached: int, block_size: int | None) -> None:
-    """Masks over a cache are not needed by any paradigm; refuse them rather than guess."""
+    """Full and causal attention run over a cache; a block-causal mask over one is needed by no
+    paradigm, so it is refused rather than guessed."""
     if attention not in ATTENTION_KINDS:
         raise ValueError(f"attention={attention!r}; allowed: {', '.join(ATTENTION_KINDS)}")
-    if attention != "full" and cached:
+    if attention == "block_causal" and cached:
         raise ValueError(f"attention={attention!r} needs an empty cache, which holds {cached} positions")
     if attention == "block_causal" and not block_size:
         raise ValueError("attention='block_causal' needs block_size")

@@ -11,7 +11,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pytest_dlmbench.runtimes.base import block_causal_mask, cache_keyword, check_attention
+from pytest_dlmbench.runtimes.base import block_causal_mask, cache_keyword, causal_over_cache_mask, check_attention
 
 if TYPE_CHECKING:
     import torch
@@ -114,11 +114,14 @@ class EagerRuntime:
                 keep: bool = False, attention: str = "full", block_size: int | None = None) -> torch.Tensor:
         import torch
 
-        check_attention(attention, cache.length() if cache is not None else 0, block_size)
+        cached = cache.length() if cache is not None else 0
+        check_attention(attention, cached, block_size)
         n = ids.shape[1]
         kwargs: dict[str, Any] = {"is_causal": attention == "causal"}
         if attention == "block_causal":
             kwargs["attention_mask"] = block_causal_mask(n, block_size or n, ids.device)
+        elif attention == "causal" and cached and n > 1:  # the span causal among itself, over the whole cache
+            kwargs["attention_mask"] = causal_over_cache_mask(start, n, ids.device)
         in_place = cache is not None and cache.stale == (start, start + n)
         if cache is not None:
             if not in_place:

@@ -1,4 +1,4 @@
-"""The graphs runtime's decoder layer (Llama and Qwen2 families): three steps around attention.
+"""The graphs runtime's decoder layer (Llama, Qwen2 and Qwen3 families): three steps around attention.
 
 transformers runs a layer as 7 GEMMs and ~25 small elementwise kernels (RMSNorm's upcast, RoPE's
 slice/neg/cat, SiLU, residual adds); at batch 1 their launches and gaps cost as much as a third
@@ -32,6 +32,57 @@ RECOMPILE_LIMIT = 64  # versions of a compiled step: 16 (model, dtype) pairs
 Attend = Callable[..., "torch.Tensor"]
 
 
+# The transformers families whose decoder layer these steps implement, and the modules they read;
+# any other family or module is refused by name (`unsupported`), never run without its part.
+FAMILIES = ("llama", "qwen2", "qwen3")
+LAYER_PARTS = {"self_attn", "mlp", "input_layernorm", "post_attention_layernorm"}
+ATTENTION_PARTS = {"q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm", "rotary_fn"}
+MLP_PARTS = {"gate_proj", "up_proj", "down_proj", "act_fn"}
+
+
+class UnsupportedArchitecture(ValueError):
+    """A model the fused steps do not implement (they would run it without its missing part)."""
+
+
+def unsupported(config: Any, model: PreTrainedModel | None = None) -> list[str]:
+    """What of this architecture the fused steps do not implement: from its config alone, and with
+    `model` from its modules too (a part of a layer, an unexpected bias). Empty: it runs."""
+    problems = []
+    if config.model_type not in FAMILIES:
+        problems.append(f"model_type {config.model_type!r} (implemented: {', '.join(FAMILIES)})")
+    if getattr(config, "num_experts", None) or getattr(config, "num_local_experts", None):
+        problems.append("mixture-of-experts MLPs")
+    if config.hidden_act != "silu":
+        problems.append(f"hidden_act {config.hidden_act!r} (implemented: silu)")
+    sliding = [kind for kind in getattr(config, "layer_types", None) or () if kind != "full_attention"]
+    if sliding or getattr(config, "use_sliding_window", False):
+        problems.append("sliding-window attention layers")
+    if model is None:
+        return problems
+    layer = model.get_decoder().layers[0]
+    for owner, module, known in (("layer", layer, LAYER_PARTS), ("self_attn", layer.self_attn, ATTENTION_PARTS),
+                                 ("mlp", layer.mlp, MLP_PARTS)):
+        extra = sorted({name for name, _ in module.named_children()} - known)
+        if extra:
+            problems.append(f"{owner} parts {', '.join(extra)} ({type(module).__name__})")
+    for index, layer in enumerate(model.get_decoder().layers if not problems else ()):
+        biased = [name for name, linear in (("o_proj", layer.self_attn.o_proj), ("gate_proj", layer.mlp.gate_proj),
+                                            ("up_proj", layer.mlp.up_proj), ("down_proj", layer.mlp.down_proj))
+                  if linear.bias is not None]
+        if biased:
+            problems.append(f"layer {index}'s bias on {', '.join(biased)} (implemented: biases on q_proj, k_proj "
+                            "and v_proj only)")
+    return problems
+
+
+def check_architecture(config: Any, model: PreTrainedModel | None = None) -> None:
+    problems = unsupported(config, model)
+    if problems:
+        name = getattr(config, "name_or_path", "") or config.model_type
+        raise UnsupportedArchitecture(f"the graphs runtime does not implement {name}'s {'; '.join(problems)}: "
+                                      "run it with --dlm-runtime=eager")
+
+
 @dataclass(frozen=True)
 class LayerWeights:
     """One decoder layer's tensors, as the fused steps read them."""
@@ -48,18 +99,19 @@ class LayerWeights:
     out: torch.Tensor  # (hidden, H D)
     gate_up: torch.Tensor  # (2 I, hidden)
     down: torch.Tensor  # (hidden, I)
+    q_norm: torch.Tensor | None = None  # (D,) per-head RMSNorm of q before RoPE (Qwen3)
+    k_norm: torch.Tensor | None = None  # (D,) likewise of k
 
 
 _JOINED: weakref.WeakKeyDictionary[Any, list[LayerWeights]] = weakref.WeakKeyDictionary()
 
 
 def layer_weights(model: PreTrainedModel) -> list[LayerWeights]:
-    """The model's layers with joined q/k/v and gate/up weights (joined once per model)."""
+    """The model's layers with joined q/k/v and gate/up weights (joined once per model); an
+    architecture the steps do not implement is refused (UnsupportedArchitecture)."""
     decoder = model.get_decoder()
     if decoder not in _JOINED:
-        if model.config.hidden_act != "silu":
-            raise ValueError(f"the graphs runtime runs SiLU MLPs; this model's hidden_act is "
-                             f"{model.config.hidden_act!r}")
+        check_architecture(model.config, model)
         _JOINED[decoder] = [_join(index, layer) for index, layer in enumerate(decoder.layers)]
         release(model.device)  # the replaced weights' blocks, which the joined ones do not fit
     return _JOINED[decoder]
@@ -67,19 +119,15 @@ def layer_weights(model: PreTrainedModel) -> list[LayerWeights]:
 
 def _join(index: int, layer: Any) -> LayerWeights:
     attention, mlp = layer.self_attn, layer.mlp
-    biased = [name for name, linear in (("o_proj", attention.o_proj), ("gate_proj", mlp.gate_proj),
-                                        ("up_proj", mlp.up_proj), ("down_proj", mlp.down_proj))
-              if linear.bias is not None]
-    if biased:
-        raise ValueError(f"layer {index}'s {', '.join(biased)} has a bias; the graphs runtime allows biases on "
-                         "q_proj, k_proj and v_proj only (Llama and Qwen2)")
     qkv, qkv_bias = _joined(attention.q_proj, attention.k_proj, attention.v_proj)
     gate_up, _ = _joined(mlp.gate_proj, mlp.up_proj)
+    q_norm, k_norm = getattr(attention, "q_norm", None), getattr(attention, "k_norm", None)
     return LayerWeights(
         index, layer.input_layernorm.weight, layer.post_attention_layernorm.weight,
         layer.input_layernorm.variance_epsilon, qkv, qkv_bias,
         (attention.q_proj.out_features, attention.k_proj.out_features, attention.v_proj.out_features),
-        attention.head_dim, attention.scaling, attention.o_proj.weight, gate_up, mlp.down_proj.weight)
+        attention.head_dim, attention.scaling, attention.o_proj.weight, gate_up, mlp.down_proj.weight,
+        q_norm.weight if q_norm is not None else None, k_norm.weight if k_norm is not None else None)
 
 
 def _joined(*linears: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -132,6 +180,9 @@ def project(x: torch.Tensor, weights: LayerWeights, cos: torch.Tensor,
     normed = F.rms_norm(x, (x.shape[-1],), weights.input_norm, weights.eps)
     q, k, v = F.linear(normed, weights.qkv, weights.qkv_bias).split(weights.sizes, dim=-1)
     q, k, v = (part.view(batch, n, -1, weights.head_dim) for part in (q, k, v))
+    if weights.q_norm is not None:  # Qwen3: each head's q and k RMS-normed before RoPE
+        q = F.rms_norm(q, (weights.head_dim,), weights.q_norm, weights.eps)
+        k = F.rms_norm(k, (weights.head_dim,), weights.k_norm, weights.eps)
     cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)  # (1|B, n, 1, D)
     return rotate(q, cos, sin), rotate(k, cos, sin), v
 

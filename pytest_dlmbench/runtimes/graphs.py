@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pytest_dlmbench.device import is_cuda
 from pytest_dlmbench.runtimes.base import block_causal_mask, cache_keyword, check_attention
 from pytest_dlmbench.runtimes.decode_attention import decode_attention, split_count
-from pytest_dlmbench.runtimes.fused import fused_layers, layer_weights
+from pytest_dlmbench.runtimes.fused import check_architecture, fused_layers, layer_weights
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -216,6 +216,11 @@ class GraphRuntime:
         self.skip_seen = False  # see skipping_seen_shapes
         self._cache_class = static_cache_class()
 
+    @classmethod
+    def check_model(cls, config: Any) -> None:
+        """Refuse, naming the part, an architecture whose layers fused.py does not implement."""
+        check_architecture(config)
+
     def new_cache(self, batch: int, capacity: int) -> Any:
         """The runtime's one cache of this size, emptied: captured graphs hold its slots' addresses.
         Where decode steps attend to masked windows, whole windows of slots."""
@@ -232,9 +237,12 @@ class GraphRuntime:
         import torch
 
         n = ids.shape[1]
-        check_attention(attention, cache.cached() if cache is not None else 0, block_size)
+        cached = cache.cached() if cache is not None else 0
+        check_attention(attention, cached, block_size)
         window = valid = cache.context_end(start, start + n) if cache is not None else n
-        masked, split = attention == "block_causal", False
+        # a causal span over a cache (draft-and-verify) attends under a mask by slot: slot <= position
+        over_cache = attention == "causal" and cached > 0 and n > 1
+        masked, split = attention == "block_causal" or over_cache, False
         if cache is not None and n == 1:  # a decode step: split-KV over the whole cache, or a masked window
             split = self.split_kv
             window, masked = (cache.capacity, False) if split else (
@@ -254,7 +262,9 @@ class GraphRuntime:
         torch.add(captured.offsets, start, out=captured.slots)  # (n,) positions
         if not isinstance(rows, int):
             captured.rows.copy_(rows)
-        if masked and attention != "block_causal":
+        if over_cache:
+            torch.le(captured.window_slots[None], captured.slots[:, None], out=captured.mask[0, 0])
+        elif masked and attention != "block_causal":
             torch.lt(captured.window_slots, valid, out=captured.mask[0, 0, 0])
         if captured.split is not None:
             captured.split.lengths.fill_(valid)
@@ -287,7 +297,7 @@ class GraphRuntime:
         groups = self.model.config.num_attention_heads // self.model.config.num_key_value_heads
         # folded once, for every layer
         mask = fold(captured.mask, groups, self.model.dtype) if captured.mask is not None else None
-        kwargs: dict[str, Any] = {"is_causal": attention == "causal", "window_mask": mask}
+        kwargs: dict[str, Any] = {"is_causal": attention == "causal" and mask is None, "window_mask": mask}
         if cache is not None:
             kwargs[self.keyword] = cache
         attention_call = functools.partial(attend_split_kv, captured.split) if captured.split else attend
