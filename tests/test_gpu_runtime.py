@@ -87,9 +87,9 @@ def test_decode_runs_split_kv_in_half_precision(batch, dtype, split):
 class SyncsUntilResult(ForwardLog):
     """A log that stops CUDA's synchronisation warnings where the generation reads its result."""
 
-    def result(self, tokens):
+    def result(self, tokens, decoded_len=None):
         torch.cuda.set_sync_debug_mode(0)
-        return super().result(tokens)
+        return super().result(tokens, decoded_len)
 
 
 def test_a_fixed_rule_generation_never_waits_for_the_device(built):

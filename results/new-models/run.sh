@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The new model shapes on the H200 under both runtimes, from the repository root:
-#   OUT=folder results/models-h200/run.sh PART     PART: ar | dlm | kernels
+# The new model shapes on a GPU under both runtimes, from the repository root:
+#   OUT=folder results/new-models/run.sh PART     PART: ar | dlm | kernels
 # ar: qwen2.5-7b and qwen3-8b; dlm: dream-7b under both runtimes, llada-moe-7b-a1b under eager
 # (and the graphs runtime's refusal of it); kernels: one forward of each, profiled.
 # Standard-grid points at gen 256: prompt 40 at batch 1 and 16, prompt 920 at batch 1; 3 rounds.
@@ -26,5 +26,5 @@ case "${1:?PART: ar, dlm or kernels}" in
       >"$OUT/moe-graphs-refused.log" 2>&1
     echo "exit $?" >>"$OUT/moe-graphs-refused.log" ;;
   kernels)
-    python results/models-h200/kernels.py 2>&1 | tee "$OUT/kernels.txt" ;;
+    python results/new-models/kernels.py 2>&1 | tee "$OUT/kernels.txt" ;;
 esac

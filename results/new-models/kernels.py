@@ -1,7 +1,7 @@
 """Which kernels one forward of each new shape runs, under each runtime (bf16, random weights, B = 1):
 an AR decode step at context 296 (qwen2.5-7b, qwen3-8b) and a full bidirectional forward over 296
 positions (dream-7b, llada-moe-7b-a1b). Prints each forward's device time and its top kernels.
-python results/models-h200/kernels.py
+python results/new-models/kernels.py
 """
 
 from __future__ import annotations
