@@ -482,7 +482,8 @@ def _saved_entry(test_id: str, metrics: PointMetrics, benchmark: Any) -> tuple[s
 
 @pytest.fixture
 def dlm_boundary(dlm_settings: Settings, dlm_model: ModelCache, dlm_bench: PointRunner) -> BoundaryRunner:
-    """Finds a point's OOM boundary: ``dlm_boundary(dlm_boundary_point)``."""
+    """Finds a point's OOM boundary: ``dlm_boundary(dlm_boundary_point)``, or a user's generate's:
+    ``dlm_boundary(point, generate=fn)``."""
     from pytest_dlmbench.boundary import BoundaryRunner
 
     return BoundaryRunner(dlm_settings, dlm_model, dlm_bench)

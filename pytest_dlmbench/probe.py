@@ -22,6 +22,7 @@ from pytest_dlmbench.device import limit_memory
 from pytest_dlmbench.extensions import import_modules, importable_modules
 from pytest_dlmbench.memory import MemoryTracker, is_out_of_memory, release_memory
 from pytest_dlmbench.paradigms import ForwardLog
+from pytest_dlmbench.paradigms.base import call_user_generate, user_vocab
 from pytest_dlmbench.prompts import synthetic_prompts
 from pytest_dlmbench.runtimes import make_runtime
 from pytest_dlmbench.timing import RegionTimer
@@ -61,6 +62,36 @@ def probe_in_process(settings: Settings, point: BenchPoint, model: Any, spec: An
     steps = step_times_ms(times)
     return ProbeResult(point.batch_size, True, tracker.report.peak_allocated_bytes,
                        statistics.fmean(steps) if steps else None, sum(times.get("prefill", [])))
+
+
+@dataclass(frozen=True)
+class UserProbe:
+    probe: ProbeResult
+    shapes: tuple[Any, ...] = ()  # the forwards the generation logged (ForwardShape)
+
+
+def probe_user(settings: Settings, point: BenchPoint, generate: Any, vocab_size: int | None) -> UserProbe:
+    """A user's whole generation at `point.batch_size`, in this process; an OOM is a "does not fit".
+    `generate(prompt_ids[, log])` as `dlm_bench(point, generate=...)` takes it."""
+    import torch
+
+    device = settings.torch_device
+    log = ForwardLog(RegionTimer(device))
+    try:
+        prompt_ids = synthetic_prompts(user_vocab(point.model, vocab_size), point.batch_size, point.prompt_len,
+                                       settings.seed, device)
+        with torch.inference_mode(), MemoryTracker(device) as tracker:
+            call_user_generate(generate, prompt_ids, log)
+    except Exception as error:  # noqa: BLE001
+        if not is_out_of_memory(error):
+            raise
+        release_memory(device)
+        return UserProbe(ProbeResult(point.batch_size, False))
+    times = log.timer.read()
+    steps = step_times_ms(times)
+    return UserProbe(ProbeResult(point.batch_size, True, tracker.report.peak_allocated_bytes,
+                                 statistics.fmean(steps) if steps else None, sum(times.get("prefill", []))),
+                     tuple(log.shapes))
 
 
 def die_with_parent(parent: int) -> None:

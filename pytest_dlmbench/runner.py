@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import inspect
 import time
 import warnings
 from collections.abc import Callable
@@ -25,7 +24,7 @@ from pytest_dlmbench.memory import MemoryTracker, is_out_of_memory, memory_now, 
 from pytest_dlmbench.memory_model import predicted_peak_bytes
 from pytest_dlmbench.models import MODEL_SPECS
 from pytest_dlmbench.paradigms import ForwardLog, GenerationResult, Paradigm
-from pytest_dlmbench.paradigms.base import ForwardLimitReached, paradigm_for
+from pytest_dlmbench.paradigms.base import ForwardLimitReached, call_user_generate, paradigm_for, user_vocab
 from pytest_dlmbench.prompts import gsm8k_prompts, load_gsm8k, synthetic_prompts
 from pytest_dlmbench.record import Decoder, Measurement, failed_record, timed_record
 from pytest_dlmbench.runtimes import Runtime, make_runtime
@@ -257,17 +256,13 @@ class PointRunner:
         model follow from those forwards as for the built-in decoders."""
         settings, device = self.settings, self.settings.torch_device
         spec = MODEL_SPECS.get(point.model)
-        vocab = vocab_size or (spec.prompt_vocab_limit if spec is not None else None)
-        if vocab is None:
-            raise ValueError(f"dlm_bench(point, generate=fn): {point.model!r} is no registered model, so it also "
-                             "needs vocab_size= for the prompt ids")
         point = dataclasses.replace(point, runtime=USER_RUNTIME)
-        prompt_ids = synthetic_prompts(vocab, point.batch_size, point.prompt_len, settings.seed, device)
-        takes_log = len(inspect.signature(generate).parameters) >= 2
+        prompt_ids = synthetic_prompts(user_vocab(point.model, vocab_size), point.batch_size, point.prompt_len,
+                                       settings.seed, device)
 
         def run_user() -> GenerationResult:
             log = ForwardLog(RegionTimer(device), progress)
-            out = generate(prompt_ids, log) if takes_log else generate(prompt_ids)  # type: ignore[call-arg]
+            out = call_user_generate(generate, prompt_ids, log)
             check_generated(point, out.tokens if isinstance(out, GenerationResult) else out)
             return out if isinstance(out, GenerationResult) else log.result(out)
 

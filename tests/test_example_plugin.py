@@ -13,6 +13,10 @@ from pathlib import Path
 
 import pytest
 
+# Inline pytester runs drop the modules they imported first; torch and Triton cannot be imported twice.
+import pytest_dlmbench.runner  # noqa: F401
+import transformers.models.llama.modeling_llama  # noqa: F401
+
 REPO = Path(__file__).parent.parent
 EXAMPLE = REPO / "examples" / "dlmbench-example-plugin"
 GUIDE = REPO / "docs" / "write-a-plugin.md"
@@ -115,3 +119,36 @@ def test_a_users_generate_that_logs_its_forwards_gets_every_metric(pytester):
                 "predicted_peak_bytes"):  # (measured_to_predicted needs a device allocator's peak)
         assert info[key] is not None and info[key] > 0, key
     assert info["ai_paper_flop_per_element"] is None  # a paper formula belongs to a built-in paradigm
+
+
+def test_a_users_generate_gets_an_oom_boundary(pytester):
+    pytester.makepyfile(test_user="""
+        import torch
+        from pytest_dlmbench.core import BenchPoint
+        from pytest_dlmbench.models import build_model, get_spec
+
+        def test_mine(dlm_boundary):
+            model = build_model(get_spec("tiny-ar"), torch.device("cpu"), torch.float32)
+
+            def generate(prompt_ids, log):
+                if prompt_ids.shape[0] > 5:  # this decoder's memory ends at batch 5
+                    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+                ids = prompt_ids
+                for step in range(8):
+                    with log.forward("step", tokens=ids.shape[1], context=ids.shape[1], logits=1,
+                                     attention="causal"):
+                        logits = model(ids, logits_to_keep=1).logits[:, -1]
+                    ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], dim=1)
+                return ids[:, prompt_ids.shape[1]:]
+
+            metrics = dlm_boundary(BenchPoint("mine", "tiny-ar", 5, 8, 1), generate=generate)
+            assert metrics.status == "ok" and metrics.batch_size == 5 and metrics.runtime == "user"
+    """)
+    result = pytester.runpytest("--dlm-max-batch=8", "--dlm-rounds=1", "--benchmark-json=out.json",
+                                "-p", "no:cacheprovider")
+    assert result.ret == 0, result.stdout.str()
+    info = json.loads((pytester.path / "out.json").read_text())["benchmarks"][0]["extra_info"]
+    assert (info["max_batch_size"], info["first_oom_batch"]) == (5, 6)
+    assert info["boundary_probe_batches"] == [1, 2, 4, 5, 6, 8]  # doubling to 8, then bisection
+    assert info["isolated_probes"] is False and info["runtime"] == "user"
+    assert info["predicted_max_batch"] is not None and info["flops_per_forward"] is not None

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 from pytest_dlmbench.core import DEFAULT_FIDELITY, BenchPoint, DecodeOptions, Settings
-from pytest_dlmbench.models import get_spec
+from pytest_dlmbench.models import MODEL_SPECS, get_spec
 from pytest_dlmbench.paradigms.acceptance import Acceptance, Replay, RowTPF, TargetTPF, Threshold
 from pytest_dlmbench.timing import RegionTimer
 from pytest_dlmbench.trace import read_commits
@@ -156,6 +156,21 @@ class Paradigm(Protocol):
         """Whether the forwards' count and shapes follow from the request alone, never from the
         logits: then a capture run may skip the forwards it has captured already."""
         ...
+
+
+def call_user_generate(generate: Callable[..., Any], prompt_ids: torch.Tensor, log: ForwardLog) -> Any:
+    """A user's `generate(prompt_ids)`, or `generate(prompt_ids, log)` where it takes the forward log."""
+    import inspect
+
+    return generate(prompt_ids, log) if len(inspect.signature(generate).parameters) >= 2 else generate(prompt_ids)
+
+
+def user_vocab(model: str, vocab_size: int | None) -> int:
+    """The prompt ids' vocabulary of a user's generate: given, or the registered model's."""
+    spec = MODEL_SPECS.get(model)
+    if vocab_size is None and spec is None:
+        raise DecodeError(f"generate=fn on {model!r}, no registered model: pass vocab_size= for the prompt ids")
+    return vocab_size or spec.prompt_vocab_limit  # type: ignore[union-attr]
 
 
 def validate_lengths(spec: ModelSpec, prompt_len: int, gen_len: int, batch_size: int) -> None:
