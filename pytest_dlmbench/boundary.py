@@ -11,9 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from pytest_dlmbench.core import PointLabels
 from pytest_dlmbench.device import total_memory_bytes
 from pytest_dlmbench.memory_model import CARDS_GIB, predicted_max_batch
-from pytest_dlmbench.core import PointLabels
 from pytest_dlmbench.probe import ProbeResult, probe_arguments, probe_in_process, probe_isolated, probe_user
 
 if TYPE_CHECKING:

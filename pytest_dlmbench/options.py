@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_dlmbench.core import (
-    DEFAULT_MAX_ROUNDS,
     DEFAULT_FIDELITY,
+    DEFAULT_MAX_ROUNDS,
     DEFAULT_ROUNDS,
     DEFAULT_RUNTIME,
     DEFAULT_SIMULATED_TPF,
@@ -27,8 +27,8 @@ from pytest_dlmbench.core import (
     DecodeOptions,
     Settings,
 )
-from pytest_dlmbench.gate import GateError, GateRule
 from pytest_dlmbench.extensions import ExtensionError, load_extensions
+from pytest_dlmbench.gate import GateError, GateRule
 from pytest_dlmbench.grid import GRIDS
 from pytest_dlmbench.models import MODEL_SPECS
 from pytest_dlmbench.paradigms import PARADIGMS

@@ -18,7 +18,15 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pytest_dlmbench.core import DEFAULT_ROUNDS, UNDESCRIBED, USER_RUNTIME, BenchPoint, MemoryReport, PointLabels, PointMetrics
+from pytest_dlmbench.core import (
+    DEFAULT_ROUNDS,
+    UNDESCRIBED,
+    USER_RUNTIME,
+    BenchPoint,
+    MemoryReport,
+    PointLabels,
+    PointMetrics,
+)
 from pytest_dlmbench.device import synchronize
 from pytest_dlmbench.memory import MemoryTracker, is_out_of_memory, memory_now, release_memory
 from pytest_dlmbench.memory_model import predicted_peak_bytes

@@ -9,9 +9,9 @@ import json
 
 import pytest
 import torch
+from helpers import new_log, on, prompt, reference_llada, tiny
 from transformers import AutoModelForCausalLM
 
-from helpers import new_log, on, prompt, reference_llada, tiny
 from pytest_dlmbench import api
 from pytest_dlmbench.core import BenchPoint, Settings
 from pytest_dlmbench.grid import SelectionError, points_for
@@ -20,9 +20,8 @@ from pytest_dlmbench.models import MODEL_SPECS, ModelError, build_model, get_spe
 from pytest_dlmbench.options import _names
 from pytest_dlmbench.paradigms import DecodeOptions, make_paradigm
 from pytest_dlmbench.paradigms.acceptance import Threshold
-from pytest_dlmbench.paradigms.base import ADDED_STRATEGIES, strategy_names
+from pytest_dlmbench.paradigms.base import ADDED_STRATEGIES, ForwardShape, strategy_names
 from pytest_dlmbench.roofline import forward_cost
-from pytest_dlmbench.paradigms.base import ForwardShape
 from pytest_dlmbench.runtimes.fused import UnsupportedArchitecture
 
 # The tiny sibling that runs each shipped shape's family and decoder path on the CPU
