@@ -39,8 +39,8 @@ def test_the_example_plugin_runs_beside_the_built_ins(pytester, installed, monke
     pytester.makepyfile(test_generation=BENCHMARK)
     result = pytester.runpytest_subprocess(
         "--dlm-grid=smoke", "--dlm-models=tiny-dlm,smollm2-135m", "--dlm-strategies=baseline,dual_cache+factor",
-        "--dlm-prompt=16", "--dlm-gen=32", "--dlm-batch=1", "--dlm-rounds=1", "--benchmark-json=out.json",
-        "-p", "no:cacheprovider")
+        "--dlm-prompt=16", "--dlm-gen=32", "--dlm-batch=1", "--dlm-steps=8", "--dlm-rounds=1",
+        "--benchmark-json=out.json", "-p", "no:cacheprovider")
     assert result.ret == 0, result.stdout.str()
     saved = json.loads((pytester.path / "out.json").read_text())
     records = {entry["name"].partition("[")[2].rstrip("]"): entry["extra_info"] for entry in saved["benchmarks"]}
@@ -59,7 +59,7 @@ def test_isolated_probes_load_the_extensions(pytester, installed, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(installed), os.environ.get("PYTHONPATH")])))
     pytester.makepyfile(test_oom_boundary=(REPO / "benchmarks" / "test_oom_boundary.py").read_text())
     result = pytester.runpytest_subprocess(
-        "--dlm-boundary", "--dlm-models=smollm2-135m", "--dlm-paradigms=dlm", "--dlm-strategies=dual_cache+factor",
+        "--dlm-boundary", "--dlm-models=tiny-dlm", "--dlm-strategies=dual_cache+factor",
         "--dlm-prompt=16", "--dlm-gen=32", "--dlm-max-batch=2", "--dlm-isolate=on", "--dlm-rounds=1",
         "--benchmark-json=out.json", "-p", "no:cacheprovider")
     assert result.ret == 0, result.stdout.str()

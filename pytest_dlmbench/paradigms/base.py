@@ -123,7 +123,9 @@ class ForwardLog:
 
 
 class Paradigm(Protocol):
-    """A decoding algorithm: validates a request, then generates exactly `gen_len` tokens."""
+    """A decoding algorithm: validates a request, then generates exactly `gen_len` tokens. Its
+    class also has `from_options(options, strategy, fidelity)`, which `make_paradigm` calls, and
+    may declare `runtimes`, the runtimes it runs on (default: every one)."""
 
     name: ClassVar[str]
     strategies: ClassVar[tuple[str, ...]]  # the first is the baseline
