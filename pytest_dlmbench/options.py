@@ -306,3 +306,19 @@ def settings_from_config(config: pytest.Config) -> Settings:
     decode = {name.removeprefix("decode."): value for name, value in values.items() if name.startswith("decode.")}
     plain = {name: value for name, value in values.items() if not name.startswith("decode.")}
     return Settings(**plain, decode=DecodeOptions(**decode))
+
+
+def options_markdown() -> str:
+    """docs/options.md: every option with its help, from this table (`python -m pytest_dlmbench.options`
+    rewrites it; a test fails when the two differ)."""
+    from tabulate import tabulate
+
+    rows = [[f"`{option.flag}{'=' + option.metavar if option.metavar else ''}`", option.help.replace("|", "\\|")]
+            for option in OPTIONS]
+    return ("# Options\n\nGenerated from `pytest_dlmbench/options.py` by `python -m pytest_dlmbench.options > "
+            "docs/options.md`; `pytest --help` prints the same text.\n\n"
+            + tabulate(rows, headers=["option", "what it does, and its default"], tablefmt="github") + "\n")
+
+
+if __name__ == "__main__":
+    print(options_markdown(), end="")

@@ -122,3 +122,10 @@ def test_device(dlm_settings, pytestconfig):
     done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q"], cwd=pytester.path,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stdout
+
+
+def test_the_options_page_is_generated_from_the_options_table():
+    from pytest_dlmbench.options import options_markdown
+
+    page = Path(__file__).parent.parent / "docs" / "options.md"
+    assert page.read_text() == options_markdown(), "docs/options.md is stale: python -m pytest_dlmbench.options"
