@@ -41,14 +41,19 @@ if TYPE_CHECKING:
 PROMPT_SOURCES = ("synthetic", "gsm8k")
 
 
+def _load_extensions() -> None:
+    """The installed extensions, before a value that may name what they add is checked."""
+    try:
+        load_extensions()
+    except ExtensionError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _names(kind: str, allowed: Callable[[], Iterable[str]]) -> Callable[[str], tuple[str, ...]]:
     """A comma-separated list of names, checked against `allowed()`: read live, once the installed
     extensions (extensions.py) have registered theirs."""
     def parse(text: str) -> tuple[str, ...]:
-        try:
-            load_extensions()
-        except ExtensionError as error:
-            raise argparse.ArgumentTypeError(str(error)) from None
+        _load_extensions()
         known = tuple(allowed())
         names = tuple(part.strip() for part in text.split(",") if part.strip())
         if names == ("all",):
@@ -125,7 +130,7 @@ def _checkpoint(text: str) -> tuple[str, str]:
     name, sep, path = text.partition("=")
     if not sep or not path:
         raise argparse.ArgumentTypeError(f"{text!r} is not NAME=PATH")
-    load_extensions()  # a registered model may take a checkpoint too
+    _load_extensions()  # a registered model may take a checkpoint too
     if name not in MODEL_SPECS:
         raise argparse.ArgumentTypeError(f"unknown model {name!r} in {text!r}; known models: {', '.join(MODEL_SPECS)}")
     if not Path(path).is_dir():
