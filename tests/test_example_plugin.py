@@ -160,3 +160,18 @@ def test_a_users_generate_gets_an_oom_boundary(pytester):
     assert info["boundary_probe_batches"] == [1, 2, 4, 5, 6, 8]  # doubling to 8, then bisection
     assert info["isolated_probes"] is False and info["runtime"] == "user"
     assert info["predicted_max_batch"] is not None and info["flops_per_forward"] is not None
+
+
+def test_an_extension_that_fails_to_load_is_a_usage_error_naming_it(pytester, monkeypatch, tmp_path):
+    site = tmp_path / "site"
+    info = site / "broken_ext-1.0.dist-info"
+    info.mkdir(parents=True)
+    (site / "broken_ext.py").write_text("raise ImportError('needs a library this machine lacks')\n")
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-ext\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[dlmbench]\nbroken = broken_ext\n")
+    monkeypatch.setenv("PYTHONPATH", str(site))
+    pytester.makepyfile(test_generation=BENCHMARK)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
+    assert ("dlmbench entry point 'broken' (broken_ext) of broken-ext failed to load: ImportError: needs a "
+            "library this machine lacks") in result.stderr.str()
