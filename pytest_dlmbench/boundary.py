@@ -186,10 +186,10 @@ class BoundaryRunner:
         logged: list[tuple[ForwardShape, ...]] = []
 
         def probe(batch: int) -> ProbeResult:
-            result = probe_user(settings, dataclasses.replace(point, batch_size=batch), generate, vocab_size)
-            if result.probe.fits and not logged:
-                logged.append(result.shapes)
-            return result.probe
+            result, shapes = probe_user(settings, dataclasses.replace(point, batch_size=batch), generate, vocab_size)
+            if result.fits and not logged:
+                logged.append(shapes)
+            return result
 
         return Search(PointLabels.of(point, settings, "user"), probe, dict(UNDESCRIBED), False, spec,
                       lambda: phases_of(logged[0]) if logged else [])

@@ -13,7 +13,7 @@ import json
 import statistics
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,55 +43,47 @@ class ProbeResult:
         return None if self.forward_ms is None else (self.prefill_ms + self.forward_ms * gen_len) / 1e3
 
 
+def measured_probe(settings: Settings, batch: int, run: Callable[[ForwardLog], None]) -> tuple[ProbeResult, ForwardLog]:
+    """`run(log)` under the memory tracker at `batch`; an OOM is a "does not fit", not a failure."""
+    import torch
+
+    device = settings.torch_device
+    log = ForwardLog(RegionTimer(device))
+    try:
+        with torch.inference_mode(), MemoryTracker(device) as tracker:
+            run(log)
+    except Exception as error:  # noqa: BLE001
+        if not is_out_of_memory(error):
+            raise
+        release_memory(device)
+        return ProbeResult(batch, False), log
+    times = log.timer.read()
+    steps = step_times_ms(times)
+    return ProbeResult(batch, True, tracker.report.peak_allocated_bytes, statistics.fmean(steps) if steps else None,
+                       sum(times.get("prefill", []))), log
+
+
 def probe_in_process(settings: Settings, point: BenchPoint, model: Any, spec: Any, paradigm: Any) -> ProbeResult:
-    """Run the paradigm's probe at `point.batch_size`; an OOM is a "does not fit", not a failure."""
-    import torch
+    """Run the paradigm's probe at `point.batch_size`."""
+    def run(log: ForwardLog) -> None:
+        prompt_ids = synthetic_prompts(spec.prompt_vocab_limit, point.batch_size, point.prompt_len, settings.seed,
+                                       settings.torch_device)
+        paradigm.probe(make_runtime(point.runtime, model), spec, prompt_ids, point.gen_len, log)
 
-    device = settings.torch_device
-    log = ForwardLog(RegionTimer(device))
-    try:
-        prompt_ids = synthetic_prompts(spec.prompt_vocab_limit, point.batch_size, point.prompt_len, settings.seed, device)
-        with torch.inference_mode(), MemoryTracker(device) as tracker:
-            paradigm.probe(make_runtime(point.runtime, model), spec, prompt_ids, point.gen_len, log)
-    except Exception as error:  # noqa: BLE001
-        if not is_out_of_memory(error):
-            raise
-        release_memory(device)
-        return ProbeResult(point.batch_size, False)
-    times = log.timer.read()
-    steps = step_times_ms(times)
-    return ProbeResult(point.batch_size, True, tracker.report.peak_allocated_bytes,
-                       statistics.fmean(steps) if steps else None, sum(times.get("prefill", [])))
+    return measured_probe(settings, point.batch_size, run)[0]
 
 
-@dataclass(frozen=True)
-class UserProbe:
-    probe: ProbeResult
-    shapes: tuple[Any, ...] = ()  # the forwards the generation logged (ForwardShape)
-
-
-def probe_user(settings: Settings, point: BenchPoint, generate: Any, vocab_size: int | None) -> UserProbe:
-    """A user's whole generation at `point.batch_size`, in this process; an OOM is a "does not fit".
-    `generate(prompt_ids[, log])` as `dlm_bench(point, generate=...)` takes it."""
-    import torch
-
-    device = settings.torch_device
-    log = ForwardLog(RegionTimer(device))
-    try:
+def probe_user(settings: Settings, point: BenchPoint, generate: Any,
+               vocab_size: int | None) -> tuple[ProbeResult, tuple[Any, ...]]:
+    """A user's whole generation at `point.batch_size`, in this process, and the forwards it logged
+    (ForwardShape). `generate(prompt_ids[, log])` as `dlm_bench(point, generate=...)` takes it."""
+    def run(log: ForwardLog) -> None:
         prompt_ids = synthetic_prompts(user_vocab(point.model, vocab_size), point.batch_size, point.prompt_len,
-                                       settings.seed, device)
-        with torch.inference_mode(), MemoryTracker(device) as tracker:
-            call_user_generate(generate, prompt_ids, log)
-    except Exception as error:  # noqa: BLE001
-        if not is_out_of_memory(error):
-            raise
-        release_memory(device)
-        return UserProbe(ProbeResult(point.batch_size, False))
-    times = log.timer.read()
-    steps = step_times_ms(times)
-    return UserProbe(ProbeResult(point.batch_size, True, tracker.report.peak_allocated_bytes,
-                                 statistics.fmean(steps) if steps else None, sum(times.get("prefill", []))),
-                     tuple(log.shapes))
+                                       settings.seed, settings.torch_device)
+        call_user_generate(generate, prompt_ids, log)
+
+    result, log = measured_probe(settings, point.batch_size, run)
+    return result, tuple(log.shapes) if result.fits else ()
 
 
 def die_with_parent(parent: int) -> None:

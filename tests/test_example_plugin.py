@@ -21,6 +21,18 @@ REPO = Path(__file__).parent.parent
 EXAMPLE = REPO / "examples" / "dlmbench-example-plugin"
 GUIDE = REPO / "docs" / "write-a-plugin.md"
 BENCHMARK = (REPO / "benchmarks" / "test_generation.py").read_text()
+# A user's decoder: greedy without a cache, 8 tokens, each forward in the log it is handed
+USER_DECODER = """
+import torch
+
+def greedy(model, prompt_ids, log):
+    ids = prompt_ids
+    for step in range(8):
+        with log.forward("step", tokens=ids.shape[1], context=ids.shape[1], logits=1, attention="causal"):
+            logits = model(ids, logits_to_keep=1).logits[:, -1]
+        ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], dim=1)
+    return ids[:, prompt_ids.shape[1]:]
+"""
 
 
 @pytest.fixture(scope="module")
@@ -99,22 +111,18 @@ def test_the_factor_rule_commits_the_largest_n_it_allows(monkeypatch):
 
 
 def test_a_users_generate_that_logs_its_forwards_gets_every_metric(pytester):
+    pytester.makepyfile(user_decoder=USER_DECODER)
     pytester.makepyfile(test_user="""
         import torch
         from pytest_dlmbench.core import BenchPoint
         from pytest_dlmbench.models import build_model, get_spec
+        from user_decoder import greedy
 
         def test_mine(dlm_bench):
             model = build_model(get_spec("tiny-ar"), torch.device("cpu"), torch.float32)
 
-            def generate(prompt_ids, log):  # greedy decoding without a cache, each forward logged
-                ids = prompt_ids
-                for step in range(8):
-                    with log.forward("step", tokens=ids.shape[1], context=ids.shape[1], logits=1,
-                                     attention="causal"):
-                        logits = model(ids, logits_to_keep=1).logits[:, -1]
-                    ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], dim=1)
-                return ids[:, prompt_ids.shape[1]:]
+            def generate(prompt_ids, log):
+                return greedy(model, prompt_ids, log)
 
             metrics = dlm_bench(BenchPoint("mine", "tiny-ar", 5, 8, 2), generate=generate)
             assert metrics.runtime == "user" and metrics.weights == "user" and metrics.nfe == 8
@@ -130,10 +138,12 @@ def test_a_users_generate_that_logs_its_forwards_gets_every_metric(pytester):
 
 
 def test_a_users_generate_gets_an_oom_boundary(pytester):
+    pytester.makepyfile(user_decoder=USER_DECODER)
     pytester.makepyfile(test_user="""
         import torch
         from pytest_dlmbench.core import BenchPoint
         from pytest_dlmbench.models import build_model, get_spec
+        from user_decoder import greedy
 
         def test_mine(dlm_boundary):
             model = build_model(get_spec("tiny-ar"), torch.device("cpu"), torch.float32)
@@ -141,13 +151,7 @@ def test_a_users_generate_gets_an_oom_boundary(pytester):
             def generate(prompt_ids, log):
                 if prompt_ids.shape[0] > 5:  # this decoder's memory ends at batch 5
                     raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-                ids = prompt_ids
-                for step in range(8):
-                    with log.forward("step", tokens=ids.shape[1], context=ids.shape[1], logits=1,
-                                     attention="causal"):
-                        logits = model(ids, logits_to_keep=1).logits[:, -1]
-                    ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], dim=1)
-                return ids[:, prompt_ids.shape[1]:]
+                return greedy(model, prompt_ids, log)
 
             metrics = dlm_boundary(BenchPoint("mine", "tiny-ar", 5, 8, 1), generate=generate)
             assert metrics.status == "ok" and metrics.batch_size == 5 and metrics.runtime == "user"
