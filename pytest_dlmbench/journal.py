@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from pytest_benchmark.utils import safe_dumps
+from pytest_dlmbench.integrations.pytest_benchmark import dumps
 
 JOURNAL_KEY = "dlmbench_journal"  # the header line's marker and format version
 JOURNAL_VERSION = 1
@@ -36,7 +36,7 @@ class Journal:
 
     def _write(self, record: dict[str, Any]) -> None:
         assert self._stream is not None
-        self._stream.write(safe_dumps(record) + "\n")  # as pytest-benchmark saves: a parameter object is its repr
+        self._stream.write(dumps(record) + "\n")  # as pytest-benchmark saves: a parameter object is its repr
         self._stream.flush()
         os.fsync(self._stream.fileno())
 

@@ -16,6 +16,8 @@ import pytest
 
 from pytest_dlmbench.core import BenchPoint, PointMetrics, Settings
 from pytest_dlmbench.grid import SelectionError, boundary_points_for, points_for
+from pytest_dlmbench.integrations.pytest_benchmark import (as_saved, enable_in_worker, settle_saved_list,
+                                                         silence_xdist_warning, timed_entry)
 from pytest_dlmbench.options import add_options, settings_from_config
 from pytest_dlmbench.session import DlmSession
 from pytest_dlmbench.workers import is_controller, is_worker, timed_in_worker, worker_count
@@ -58,7 +60,7 @@ def pytest_configure(config: pytest.Config) -> None:
         settings = worker_settings(config, settings)
     session = config.stash[SESSION] = DlmSession(settings)
     if settings.devices is not None:  # pytest-benchmark < 5.2 warns here that it times nothing: untrue of points
-        _silence_xdist_warning()
+        silence_xdist_warning()
     if settings.warmup == 0:
         config.issue_config_time_warning(UserWarning(
             "--dlm-warmup=0: each point's timed rounds include its first generation at its shapes, and with it "
@@ -108,13 +110,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     """pytest-benchmark warns as a worker ends that it timed nothing; untrue where every benchmark
     was a point (timed here), so that warning is silenced there."""
     if is_worker(config) and SESSION in config.stash and dlm_session(config).all_timed and timed_in_worker(config):
-        _silence_xdist_warning()
-
-
-def _silence_xdist_warning() -> None:
-    import warnings
-
-    warnings.filterwarnings("ignore", "Benchmarks are automatically disabled because xdist")
+        silence_xdist_warning()
 
 
 def _controller(config: pytest.Config, settings: Settings) -> Controller:
@@ -158,7 +154,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
 def model_scheduler(config: pytest.Config, log: Any) -> Any:
     """xdist scheduling of this session's points by model (scheduling.py)."""
-    from pytest_dlmbench.scheduling import ModelScheduling
+    from pytest_dlmbench.scheduling import model_scheduling
 
     settings = resolved_settings(config)
     try:
@@ -167,7 +163,7 @@ def model_scheduler(config: pytest.Config, log: Any) -> Any:
             points |= {point.boundary_id: point for point in boundary_points_for(settings)}
     except SelectionError:
         points = {}  # the workers' collection reports it
-    return ModelScheduling(config, log, points)
+    return model_scheduling(config, log, points)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -178,7 +174,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
         return
     import dataclasses
 
-    from pytest_dlmbench.workers import POINT_ATTR, RESULT_ATTR, as_sent
+    from pytest_dlmbench.workers import POINT_ATTR, RESULT_ATTR
 
     report = outcome.get_result()
     params = getattr(getattr(item, "callspec", None), "params", {})
@@ -188,7 +184,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
         setattr(report, POINT_ATTR, dataclasses.asdict(point))
     elif call.when == "call" and metrics is not None:
         saved = _saved_entry(item.nodeid, metrics, getattr(item, "funcargs", {}).get("benchmark"))
-        setattr(report, RESULT_ATTR, as_sent({"record": metrics.to_extra_info(), "saved": saved}))
+        setattr(report, RESULT_ATTR, as_saved({"record": metrics.to_extra_info(), "saved": saved}))
 
 
 def _keep_received(config: pytest.Config, received: Received) -> None:
@@ -272,31 +268,18 @@ def gate_rules(settings: Settings) -> list[GateRule]:
     return [GateRule.parse(rule) for rule in settings.gate or DEFAULT_GATE]
 
 
-class _UnfinishedPointsOnly(list):
-    """An empty benchmark list that pytest-benchmark still saves (it skips saving an empty one): a
-    run whose every point ran out of memory, failed or was left untimed is a result too, and its
-    points reach the file under `dlmbench_failed`."""
-
-    def __bool__(self) -> bool:
-        return True
-
-
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session) -> Iterator[None]:
     """Runs before pytest-benchmark saves (its own hook wrapper saves on entry)."""
     config = session.config
     state = dlm_session(config)
-    benchmarks = getattr(config, "_benchmarksession", None)
     stopped = "interrupted" if session.exitstatus == pytest.ExitCode.INTERRUPTED else session.shouldfail or \
         session.shouldstop
     if stopped:  # saved as partial, never a baseline; the point cut off mid-measurement has no record
         state.partial = f"stopped before the selection ended: {stopped}"
-        if benchmarks is not None:
-            benchmarks.benchmarks[:] = [bench for bench in benchmarks.benchmarks if bench.extra_info]
-    if benchmarks is not None and state.controller is not None:
-        benchmarks.benchmarks.extend(state.controller.benchmarks)
-    if benchmarks is not None and not benchmarks.benchmarks and state.results:
-        benchmarks.benchmarks = _UnfinishedPointsOnly()
+    settle_saved_list(config, drop_unlabelled=bool(stopped),
+                      received=[] if state.controller is None else state.controller.benchmarks,
+                      save_if_empty=bool(state.results))  # a run of failed points only is a result too
     if not is_worker(config):
         _gate(session)
     if state.journal is not None:
@@ -453,7 +436,7 @@ def dlm_bench(
     from pytest_dlmbench.runner import PointRunner
 
     if timed_in_worker(pytestconfig):
-        benchmark.disabled = False  # pytest-benchmark's own switch-off under xdist; this worker saves nothing
+        enable_in_worker(benchmark)  # this worker times its points; the controller saves them
 
     def skip_out_of_memory(point: BenchPoint, metrics: PointMetrics) -> None:
         pytest.skip(f"OOM: {point.id} ({(metrics.message or '').partition(chr(10))[0][:200]})")
@@ -472,9 +455,9 @@ def _saved_entry(test_id: str, metrics: PointMetrics, benchmark: Any) -> tuple[s
     pytest-benchmark does not save (its benchmark failed)."""
     from pytest_dlmbench.store import FAILED_KEY, failed_entry
 
-    stats = getattr(benchmark, "stats", None)
-    if metrics.status == "ok" and stats is not None and not getattr(stats, "has_error", False):
-        return "benchmarks", stats.as_dict(include_data=True)
+    entry = timed_entry(benchmark)
+    if metrics.status == "ok" and entry is not None:
+        return "benchmarks", entry
     if metrics.status != "ok":
         return FAILED_KEY, failed_entry(test_id, metrics.to_extra_info())
     return None

@@ -12,10 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from xdist.scheduler import LoadScopeScheduling
 
 from pytest_dlmbench.core import BenchPoint
 from pytest_dlmbench.grid import deal
+from pytest_dlmbench.integrations.xdist import GroupScheduling
 
 
 def model_groups(points: dict[str, BenchPoint], workers: int) -> dict[str, str]:
@@ -28,39 +28,6 @@ def model_groups(points: dict[str, BenchPoint], workers: int) -> dict[str, str]:
     return groups
 
 
-class ModelScheduling(LoadScopeScheduling):
-    """xdist's scope scheduling with model groups as the scopes; other tests are their own scope."""
-
-    def __init__(self, config: pytest.Config, log: Any, points: dict[str, BenchPoint]) -> None:
-        super().__init__(config, log)
-        self.groups = model_groups(points, self.numnodes)
-
-    def _split_scope(self, nodeid: str) -> str:
-        parameters = nodeid.partition("[")[2].removesuffix("]")
-        return self.groups.get(parameters, nodeid)
-
-    def _reschedule(self, node: Any) -> None:
-        """xdist's, topped up to two tests: a worker runs a test only once it holds the next one (or
-        is told to stop), so a new worker given a one-test group alone would wait forever."""
-        super()._reschedule(node)
-        while (self.workqueue and not node.shutting_down and node in self.assigned_work
-               and self._pending_of(self.assigned_work[node]) < 2):
-            self._assign_work_unit(node)
-
-    def remove_node(self, node: Any) -> str | None:
-        """xdist's, changed where a worker died: its point is not run again (it is saved as an error,
-        and the next worker would likely die the same way), and only groups with points left go
-        back to the queue (xdist requeues finished ones too, and a worker sent an empty group never
-        reports back: the run hangs)."""
-        workload = self.assigned_work.pop(node)  # group -> {test id: finished}
-        left = [test_id for group in workload.values() for test_id, finished in group.items() if not finished]
-        if not left:
-            return None
-        crashed = left[0]  # sent in order: the first unfinished test is the one that was running
-        for group in workload.values():
-            if crashed in group:
-                group[crashed] = True
-        self.workqueue.update({name: group for name, group in workload.items() if not all(group.values())})
-        for other in self.assigned_work:
-            self._reschedule(other)
-        return crashed
+def model_scheduling(config: pytest.Config, log: Any, points: dict[str, BenchPoint]) -> GroupScheduling:
+    """xdist's scope scheduling with this session's model groups as the scopes."""
+    return GroupScheduling(config, log, lambda workers: model_groups(points, workers))

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_dlmbench.gate import DIRECTIONS, LATENCY_EXPONENT
+from pytest_dlmbench.integrations.pytest_benchmark import dumps, machine_id, replace_file_save
 from pytest_dlmbench.journal import is_journal, journal_document
 
 SCHEMA_KEY = "dlmbench_schema"
@@ -248,9 +249,7 @@ def benchmark_compare_file(storage: str, compare: str | bool) -> Path:
 
 def storage_folder(storage: str) -> Path:
     """This machine's folder of pytest-benchmark's file storage (`--benchmark-storage`)."""
-    from pytest_benchmark.utils import get_machine_id
-
-    return Path(storage.removeprefix("file://")) / get_machine_id()
+    return Path(storage.removeprefix("file://")) / machine_id()
 
 
 def install_exclusive_save() -> None:
@@ -261,24 +260,15 @@ def install_exclusive_save() -> None:
     and two concurrent runs can pick the same number. This writes a temporary file, claims the
     first free number exclusively, and hard-links the file to it.
     """
-    from pytest_benchmark.storage.file import FileStorage
-    from pytest_benchmark.utils import safe_dumps
+    replace_file_save(save_exclusively)
 
-    if getattr(FileStorage.save, "dlmbench_exclusive", False):
-        return
 
-    def save(self: FileStorage, output_json: dict[str, Any], save: str) -> None:
-        folder = self.get(f"{save}.json").parent
-        existing = _numbered(folder)
-        first = int(existing[-1].name[:4]) + 1 if existing else 1
-        text = safe_dumps(output_json, ensure_ascii=True, indent=4)
-        if output_json.get(PARTIAL_KEY):  # never the newest numbered run, which compare would pick
-            path = exclusive_write_text(folder, lambda attempt: f"{PARTIAL_PREFIX}{first + attempt:04}_{save}.json",
-                                        text)
-        else:
-            path = exclusive_write_text(folder, lambda attempt: f"{first + attempt:04}_{save}.json", text,
-                                        claim_key=lambda name: name[:4])
-        self.logger.info(f"Saved benchmark data in: {path}")
-
-    save.dlmbench_exclusive = True  # type: ignore[attr-defined]
-    FileStorage.save = save
+def save_exclusively(folder: Path, document: dict[str, Any], name: str) -> Path:
+    """Saves `document` as the next numbered run NAME in `folder`; the path written."""
+    existing = _numbered(folder)
+    first = int(existing[-1].name[:4]) + 1 if existing else 1
+    text = dumps(document, ensure_ascii=True, indent=4)
+    if document.get(PARTIAL_KEY):  # never the newest numbered run, which compare would pick
+        return exclusive_write_text(folder, lambda attempt: f"{PARTIAL_PREFIX}{first + attempt:04}_{name}.json", text)
+    return exclusive_write_text(folder, lambda attempt: f"{first + attempt:04}_{name}.json", text,
+                                claim_key=lambda claimed: claimed[:4])

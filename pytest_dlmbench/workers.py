@@ -15,13 +15,14 @@ worker's `cuda`; records and the saved machine info name it as the controller nu
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pytest
+
+from pytest_dlmbench.integrations.xdist import worker_of
 
 if TYPE_CHECKING:
     from pytest_dlmbench.core import PointMetrics, Settings
@@ -118,14 +119,6 @@ def timed_in_worker(config: pytest.Config) -> bool:
                                       and not config.getoption("benchmark_enable"))
 
 
-def as_sent(value: Any) -> Any:
-    """`value` as it crosses to the controller and as pytest-benchmark saves it: plain JSON, an
-    object it cannot write (a parameter) by its repr."""
-    from pytest_benchmark.utils import safe_dumps
-
-    return json.loads(safe_dumps(value))
-
-
 @dataclass(frozen=True)
 class Received:
     """One point as the controller keeps it."""
@@ -133,30 +126,6 @@ class Received:
     test_id: str
     record: dict[str, Any]  # PointMetrics.to_extra_info()
     saved: tuple[str, dict[str, Any]] | None  # (list key, entry) for the saved file and the journal
-
-
-class ReceivedBenchmark:
-    """A worker's pytest-benchmark entry, in the shape pytest-benchmark's saving and display read."""
-
-    has_error = False
-
-    def __init__(self, entry: dict[str, Any]) -> None:
-        self.entry = entry
-        self.fullname = entry["fullname"]
-
-    def __bool__(self) -> bool:
-        return True
-
-    def __getitem__(self, key: str) -> Any:  # a statistic, else a label (as --benchmark-compare-fail reads)
-        return self.entry["stats"][key] if key in self.entry["stats"] else self.entry[key]
-
-    def as_dict(self, include_data: bool = True, flat: bool = False, stats: bool = True,
-                cprofile: Any = None) -> dict[str, Any]:
-        labels = {key: value for key, value in self.entry.items() if key != "stats"}
-        numbers = {key: value for key, value in self.entry["stats"].items() if include_data or key != "data"}
-        if not stats:
-            return labels
-        return labels | numbers if flat else labels | {"stats": numbers}
 
 
 class Controller:
@@ -168,7 +137,7 @@ class Controller:
         self.settings = settings  # the session's resolved settings, when first needed
         self.slots = slots
         self.keep = keep
-        self.benchmarks: list[ReceivedBenchmark] = []
+        self.benchmarks: list[dict[str, Any]] = []  # entries the workers timed, as saved
         self.started: dict[str, dict[str, Any]] = {}  # test id -> its point, while a worker runs it
         self.down: dict[str, str] = {}  # worker -> why it went down
 
@@ -201,11 +170,15 @@ class Controller:
             self.started.pop(report.nodeid, None)
             saved = carried[RESULT_ATTR]["saved"]
             if saved is not None and saved[0] == "benchmarks":
-                self.benchmarks.append(ReceivedBenchmark(saved[1]))
+                self.benchmarks.append(saved[1])
             return Received(report.nodeid, carried[RESULT_ATTR]["record"], None if saved is None else tuple(saved))
-        if report.when == "???" and report.nodeid in self.started:  # xdist: the worker died running it
-            return self._crashed(report)
         return None
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_handlecrashitem(self, crashitem: str, report: pytest.TestReport, sched: Any) -> None:
+        """A worker died running `crashitem`: its point is saved as an error."""
+        if crashitem in self.started:
+            self.keep(self._crashed(report))
 
     def _crashed(self, report: pytest.TestReport) -> Received:
         from pytest_dlmbench.core import UNDESCRIBED, BenchPoint, PointLabels
@@ -214,7 +187,7 @@ class Controller:
 
         settings = self.settings()
         point = BenchPoint(**self.started.pop(report.nodeid))
-        worker = getattr(getattr(getattr(report, "node", None), "gateway", None), "id", None)
+        worker = worker_of(report)
         gpu = self.slots.placement.get(worker) if self.slots is not None and worker else None
         reason = self.down.get(worker or "")
         message = " ".join(filter(None, (str(report.longrepr), gpu is not None and f"on GPU {gpu}",

@@ -257,9 +257,9 @@ def test_pytest_gate_refuses_bad_baselines_before_running(pytester, tmp_path):
 
 
 def test_benchmark_saves_go_through_the_exclusive_writer():
-    from pytest_benchmark.storage.file import FileStorage
+    from pytest_dlmbench.integrations.pytest_benchmark import file_save_replaced
 
-    assert getattr(FileStorage.save, "dlmbench_exclusive", False)
+    assert file_save_replaced()
 
 
 def test_concurrent_saves_never_collide(pytester):

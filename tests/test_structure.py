@@ -24,7 +24,8 @@ from pytest_dlmbench.options import OPTIONS
 PACKAGE = Path(__file__).parent.parent / "pytest_dlmbench"
 # A module imports only from layers below its own (type-only imports included).
 LAYERS = (
-    {"pytest_dlmbench", "core"},
+    {"pytest_dlmbench", "core", "integrations", "integrations.pytest_benchmark", "integrations.xdist",
+     "integrations.transformers"},
     {"device", "models", "gate", "journal", "prompts", "runtimes.base", "trace", "extensions"},
     {"runtimes.fused", "runtimes.decode_attention"},
     {"timing", "memory", "memory_model", "store", "loader", "machine", "runtimes.eager", "runtimes.graphs",

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pytest_dlmbench.device import release
+from pytest_dlmbench.integrations.transformers import replaced_forwards
 
 if TYPE_CHECKING:
     import torch
@@ -282,11 +283,6 @@ def layer_forward(weights: LayerWeights, steps: Steps, attend: Attend,
 def fused_layers(model: PreTrainedModel, attend: Attend, compiled: bool) -> Iterator[None]:
     """Inside the block, the model's decoder layers run as the three steps above."""
     steps = compiled_steps() if compiled else AS_WRITTEN
-    layers = model.get_decoder().layers
-    for layer, weights in zip(layers, layer_weights(model)):
-        layer.forward = functools.partial(layer_forward, weights, steps, attend)
-    try:
+    forwards = [functools.partial(layer_forward, weights, steps, attend) for weights in layer_weights(model)]
+    with replaced_forwards(model.get_decoder().layers, forwards):
         yield
-    finally:
-        for layer in layers:
-            del layer.forward

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pytest_dlmbench.device import is_cuda
+from pytest_dlmbench.integrations.transformers import attention_implementation
 from pytest_dlmbench.runtimes.base import block_causal_mask, cache_keyword, check_attention
 from pytest_dlmbench.runtimes.decode_attention import decode_attention, split_count
 from pytest_dlmbench.runtimes.fused import check_architecture, fused_layers, layer_weights
@@ -326,14 +327,3 @@ class GraphRuntime:
             captured.logits.copy_(self._run(captured, cache, attention))
         torch.cuda.synchronize()
         self.capture_s = (self.capture_s or 0.0) + time.perf_counter() - began
-
-
-@contextmanager
-def attention_implementation(model: PreTrainedModel, name: str) -> Iterator[None]:
-    """The model runs `name` as its attention inside the block."""
-    previous = model.config._attn_implementation
-    model.config._attn_implementation = name
-    try:
-        yield
-    finally:
-        model.config._attn_implementation = previous
