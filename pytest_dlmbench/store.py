@@ -6,7 +6,9 @@ A gate must never pass because a baseline could not be read: every problem with 
 
 from __future__ import annotations
 
+import gzip
 import json
+import lzma
 import os
 import tempfile
 from collections.abc import Callable
@@ -44,15 +46,27 @@ class SavedRun:
             raise RunFileError(f"{self.path}: a partial run ({self.partial}), not a baseline")
 
 
+def _read_text(path: Path) -> str:
+    if path.suffix == ".xz":
+        with lzma.open(path, "rt", encoding="utf8") as stream:
+            return stream.read()
+    if path.suffix == ".gz":
+        with gzip.open(path, "rt", encoding="utf8") as stream:
+            return stream.read()
+    return path.read_text(encoding="utf8")
+
+
 def read_run_document(path: str | Path) -> dict[str, Any]:
     """The JSON of a file written by `--benchmark-save` or `--benchmark-json` with this plugin
     active, or the run a `--dlm-journal` stands for, checked: every problem is a `RunFileError`
-    naming the file."""
+    naming the file. Any of them may be compressed (`.xz` or `.gz`), as kept runs are."""
     name = str(path)
     try:
-        text = Path(path).read_text(encoding="utf8")
+        text = _read_text(Path(path))
     except OSError as error:
-        raise RunFileError(f"{name}: cannot be read ({error.strerror or error})") from None
+        raise RunFileError(f"{name}: cannot be read ({getattr(error, 'strerror', None) or error})") from None
+    except (lzma.LZMAError, EOFError, UnicodeDecodeError) as error:
+        raise RunFileError(f"{name}: cannot be decompressed or decoded ({error})") from None
     if not text.strip():
         raise RunFileError(f"{name}: the file is empty")
     try:

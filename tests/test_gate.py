@@ -127,6 +127,22 @@ def test_unusable_baselines_are_clear_errors(tmp_path, content, message):
     assert main(["compare", str(path), str(path)]) == 2
 
 
+def test_compressed_runs_compare_like_plain_ones_and_a_damaged_one_is_a_clear_error(tmp_path):
+    import gzip
+    import lzma
+
+    base = write_run(tmp_path / "base.json", {"t[p]": point([1.0, 1.01, 0.99, 1.0, 1.0])})
+    slow = write_run(tmp_path / "slow.json", {"t[p]": point([1.3, 1.31, 1.29, 1.3, 1.3])})
+    (tmp_path / "base.json.xz").write_bytes(lzma.compress(base.read_bytes()))
+    (tmp_path / "slow.json.gz").write_bytes(gzip.compress(slow.read_bytes()))
+    assert main(["compare", str(tmp_path / "base.json.xz"), str(tmp_path / "slow.json.gz")]) == 1
+    assert main(["compare", str(tmp_path / "base.json.xz"), str(base)]) == 0
+    damaged = tmp_path / "damaged.json.xz"
+    damaged.write_bytes(lzma.compress(base.read_bytes())[:40])
+    with pytest.raises(RunFileError, match=f"{damaged}: cannot be decompressed"):
+        load_run(damaged)
+
+
 def test_cli_compare_and_noise(tmp_path, capsys):
     base = write_run(tmp_path / "base.json", {"t[p]": point([1.0, 1.01, 0.99, 1.0, 1.0])})
     slow = write_run(tmp_path / "slow.json", {"t[p]": point([1.3, 1.31, 1.29, 1.3, 1.3])})

@@ -1,15 +1,64 @@
-"""The scripts under results/ that rebuild a table the docs cite run on their committed runs."""
+"""Every script under results/ runs: the ones that rebuild a table on their committed runs, the ones
+that measure on tiny models on the CPU. A script that is not here must not be there either."""
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
-RESULTS = Path(__file__).parent.parent / "results"
+import pytest
+
+ROOT = Path(__file__).parent.parent
+RESULTS = ROOT / "results"
+TINY_CPU = "--dlm-device=cpu --dlm-models=tiny-qwen2 --dlm-prompt=40 --dlm-gen=64 --dlm-batch=1"
+TESTED = {"lib.sh", "new-models/table.py", "new-models/standard.sh", "new-models/profile_kernels.py",
+          "boundary-h100/validate_memory_model.py", "gate-fwer/simulate.py"}
+
+
+def run(*command: str, **env: str) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=os.environ | env, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def test_every_script_under_results_is_run_here():
+    scripts = {str(path.relative_to(RESULTS)) for path in RESULTS.rglob("*") if path.suffix in (".py", ".sh")}
+    assert scripts == TESTED
 
 
 def test_the_new_models_table_rebuilds_from_its_runs():
-    done = subprocess.run([sys.executable, str(RESULTS / "new-models" / "table.py")], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    done = run(sys.executable, "results/new-models/table.py")
     assert done.stdout.strip() in (RESULTS / "new-models" / "README.md").read_text()
+
+
+def test_the_memory_model_check_reads_the_boundary_runs():
+    done = run(sys.executable, "results/boundary-h100/validate_memory_model.py")
+    assert "probe:" in done.stdout and "grid:" in done.stdout
+
+
+def test_the_gate_simulation_runs_small():
+    done = run(sys.executable, "results/gate-fwer/simulate.py", "--sessions", "20", "--points", "4")
+    assert "sigma" in done.stdout.lower()
+
+
+def test_the_kernel_profile_runs_on_the_cpu():
+    done = run(sys.executable, "results/new-models/profile_kernels.py", "cpu", "tiny-qwen3,tiny-moe")
+    assert "tiny-qwen3 graphs:" in done.stdout and "tiny-moe graphs: refused" in done.stdout
+    assert "tiny-moe eager:" in done.stdout
+
+
+@pytest.mark.parametrize("part", ["ar", "dlm"])
+def test_the_standard_grid_script_measures_tiny_points_and_keeps_journals(tmp_path, part):
+    run("bash", "results/new-models/standard.sh", part, OUT=str(tmp_path), DEADLINE_S="500", DLM_EXTRA_ARGS=TINY_CPU)
+    walltimes = (tmp_path / "walltime.txt").read_text().splitlines()
+    assert len(walltimes) == 2 and all(" rc=0 " in line for line in walltimes)
+    for line in walltimes:
+        name = line.split()[0]
+        points = json.loads((tmp_path / f"{name}.json").read_text())["benchmarks"]
+        assert {point["extra_info"]["model"] for point in points} == {"tiny-qwen2"}
+        assert len((tmp_path / f"{name}.jsonl").read_text().splitlines()) == len(points) + 1  # header + points
+    if part == "dlm":
+        assert "exit 4" in (tmp_path / "moe-graphs-refused.log").read_text()

@@ -2,13 +2,13 @@
 grid point committed under results/ (run from the repository root)."""
 
 import glob
-import json
 import statistics
 
 from pytest_dlmbench.grid import BenchPoint
 from pytest_dlmbench.memory_model import predicted_max_batch, predicted_peak_bytes
 from pytest_dlmbench.models import get_spec
 from pytest_dlmbench.paradigms import DecodeOptions, make_paradigm
+from pytest_dlmbench.store import read_run_document
 
 
 H100_BYTES = 85_031_714_816  # torch.cuda.get_device_properties(0).total_memory on the H100 80GB HBM3
@@ -26,8 +26,9 @@ def predicted(info: dict, batch: int) -> int:
 
 rows = []
 print("boundary | measured max batch | predicted | allocated at max | reserved at max (GiB)")
-for path in sorted(glob.glob("results/boundary-h100/*.json")):
-    for entry in [*json.load(open(path))["benchmarks"], *json.load(open(path)).get("dlmbench_failed", [])]:
+for path in sorted(glob.glob("results/boundary-h100/*.json.xz")):
+    document = read_run_document(path)
+    for entry in [*document["benchmarks"], *document.get("dlmbench_failed", [])]:
         info = entry["extra_info"]
         if info.get("max_batch_size") is None:
             continue
@@ -44,7 +45,7 @@ for path in sorted(glob.glob("results/boundary-h100/*.json")):
             if peak:
                 rows.append(("probe", f"{path.split('/')[-1]}:{info['paradigm']}-p{info['prompt_len']}-b{batch}",
                              peak / predicted(info, batch)))
-for entry in json.load(open("results/standard-h100/standard-h100.json"))["benchmarks"]:
+for entry in read_run_document("results/standard-h100/standard-h100.json.xz")["benchmarks"]:
     info = entry["extra_info"]
     rows.append(("grid", entry["name"], info["peak_mem_allocated_bytes"] / predicted(info, info["batch_size"])))
 

@@ -20,8 +20,8 @@ case "${1:?PART: ar or dlm}" in
     standard qwen2.5-7b --dlm-models=qwen2.5-7b --dlm-warmup=1
     standard qwen3-8b --dlm-models=qwen3-8b --dlm-warmup=1 ;;
   dlm)
-    python -m pytest benchmarks/test_generation.py --dlm-models=llada-moe-7b-a1b -p no:cacheprovider \
-      >"$OUT/moe-graphs-refused.log" 2>&1
+    python -m pytest benchmarks/test_generation.py --dlm-models=llada-moe-7b-a1b --dlm-grid=standard \
+      -p no:cacheprovider >"$OUT/moe-graphs-refused.log" 2>&1
     echo "exit $?" >>"$OUT/moe-graphs-refused.log"
     standard llada-moe-7b-a1b --dlm-models=llada-moe-7b-a1b --dlm-runtime=eager --dlm-warmup=0
     standard dream-7b --dlm-models=dream-7b --dlm-warmup=0 ;;

@@ -1,19 +1,20 @@
-"""The new shapes' table: one row per point of the saved runs given (default: h100/*.json), both
-runtimes side by side. python results/new-models/table.py [RUN.json ...]"""
+"""The new shapes' table: one row per point of the saved runs given (default: h100/*.json.xz), both
+runtimes side by side. python results/new-models/table.py [RUN ...]"""
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 from tabulate import tabulate
 
+from pytest_dlmbench.store import read_run_document
+
 
 def rows(paths: list[Path]) -> list[list[object]]:
     points: dict[tuple, dict[str, dict]] = {}
     for path in paths:
-        for entry in json.loads(path.read_text())["benchmarks"]:
+        for entry in read_run_document(path)["benchmarks"]:
             info = entry["extra_info"]
             key = (info["model"], info["paradigm"], info["prompt_len"], info["gen_len"], info["batch_size"])
             points.setdefault(key, {})[info["runtime"]] = info
@@ -33,7 +34,7 @@ def rows(paths: list[Path]) -> list[list[object]]:
 
 
 def main(argv: list[str]) -> None:
-    paths = [Path(arg) for arg in argv] or sorted((Path(__file__).parent / "h100").glob("*.json"))
+    paths = [Path(arg) for arg in argv] or sorted((Path(__file__).parent / "h100").glob("*.json.xz"))
     print(tabulate(rows(paths), headers=["model", "paradigm", "prompt", "gen", "batch", "tok/s graphs", "tok/s eager",
                                          "ms/fwd graphs", "ms/fwd eager", "roofline fraction*", "GB/fwd*"],
                    tablefmt="github"))
