@@ -148,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RunFileError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BROKEN_INPUT
-    except Exception:  # noqa: BLE001 - a crash must not exit 1, which reads as a regression
+    except Exception:
         traceback.print_exc()
         return EXIT_CRASH
 

@@ -49,7 +49,7 @@ def load_extensions() -> list[Extension]:
                 loaded = point.load()
                 if callable(loaded) and not isinstance(loaded, type):
                     loaded()
-            except Exception as error:  # noqa: BLE001 - named with the package that broke
+            except Exception as error:
                 raise ExtensionError(f"{ENTRY_POINT_GROUP} {where} failed to load: {type(error).__name__}: "
                                      f"{error}") from error
             module = point.value.partition(":")[0]

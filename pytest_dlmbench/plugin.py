@@ -16,8 +16,13 @@ import pytest
 
 from pytest_dlmbench.core import BenchPoint, PointMetrics, Settings
 from pytest_dlmbench.grid import SelectionError, boundary_points_for, points_for
-from pytest_dlmbench.integrations.pytest_benchmark import (as_saved, enable_in_worker, settle_saved_list,
-                                                         silence_xdist_warning, timed_entry)
+from pytest_dlmbench.integrations.pytest_benchmark import (
+    as_saved,
+    enable_in_worker,
+    settle_saved_list,
+    silence_xdist_warning,
+    timed_entry,
+)
 from pytest_dlmbench.options import add_options, settings_from_config
 from pytest_dlmbench.session import DlmSession
 from pytest_dlmbench.workers import is_controller, is_worker, timed_in_worker, worker_count

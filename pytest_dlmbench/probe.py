@@ -52,7 +52,7 @@ def measured_probe(settings: Settings, batch: int, run: Callable[[ForwardLog], N
     try:
         with torch.inference_mode(), MemoryTracker(device) as tracker:
             run(log)
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:
         if not is_out_of_memory(error):
             raise
         release_memory(device)
@@ -106,7 +106,7 @@ def run_child(command: list[str]) -> subprocess.CompletedProcess[str]:
     import os
 
     parent = os.getpid()
-    return subprocess.run(command, capture_output=True, text=True,  # noqa: PLW1509 (no threads start it)
+    return subprocess.run(command, capture_output=True, text=True,
                           preexec_fn=lambda: die_with_parent(parent))
 
 

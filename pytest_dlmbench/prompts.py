@@ -7,8 +7,8 @@ prompts exist so that real checkpoints can be run on the seed papers' real input
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 

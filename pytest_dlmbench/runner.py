@@ -127,7 +127,7 @@ class PointRunner:
         device = self.settings.torch_device
         try:
             measurement = self.measure(plan, progress)
-        except Exception as error:  # noqa: BLE001 - every failure becomes a recorded result
+        except Exception as error:
             status, message = "oom" if is_out_of_memory(error) else "error", f"{type(error).__name__}: {error}"
             if status == "error":
                 self.keep(failed_record(plan.labels, plan.describe, status, message, memory_now(device), extra))

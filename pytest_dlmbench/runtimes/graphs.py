@@ -121,7 +121,7 @@ def static_cache_class() -> type:
     from transformers import Cache
 
     class StaticKV(Cache):
-        def __init__(self, model: PreTrainedModel, batch: int, capacity: int) -> None:  # noqa: D107
+        def __init__(self, model: PreTrainedModel, batch: int, capacity: int) -> None:
             import torch
 
             config = model.config

@@ -22,11 +22,13 @@ def rows(paths: list[Path]) -> list[list[object]]:
     for (model, paradigm, prompt, gen, batch), by_runtime in sorted(points.items()):
         graphs, eager = by_runtime.get("graphs"), by_runtime.get("eager")
 
-        def rate(info: dict | None, key: str, digits: int = 1) -> object:
-            return "refused" if info is None and key == "tokens_per_s" else (
-                None if info is None or info.get(key) is None else round(info[key], digits))
+        def rate(info: dict | None, key: str, digits: int = 1, runtime: str = "") -> object:
+            if info is None and key == "tokens_per_s":  # graphs refuses what it does not implement; eager refuses none
+                return "refused" if runtime == "graphs" else "not run"
+            return None if info is None or info.get(key) is None else round(info[key], digits)
 
-        table.append([model, paradigm, prompt, gen, batch, rate(graphs, "tokens_per_s"), rate(eager, "tokens_per_s"),
+        table.append([model, paradigm, prompt, gen, batch, rate(graphs, "tokens_per_s", runtime="graphs"),
+                      rate(eager, "tokens_per_s", runtime="eager"),
                       rate(graphs, "ms_per_forward", 2), rate(eager, "ms_per_forward", 2),
                       rate(graphs or eager, "roofline_fraction", 3),
                       round((graphs or eager)["bytes_per_forward"] / 1e9, 1)])
