@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -94,7 +95,7 @@ def settle_saved_list(config: pytest.Config, *, drop_unlabelled: bool, received:
         session.benchmarks = _SavedEvenIfEmpty()
 
 
-def replace_file_save(write: Callable[[Any, dict[str, Any], str], str]) -> None:
+def replace_file_save(write: Callable[[Path, dict[str, Any], str], Path]) -> None:
     """pytest-benchmark's file storage saves through `write(folder, document, name)`, which
     returns the path written; once per process."""
     from pytest_benchmark.storage.file import FileStorage

@@ -29,7 +29,7 @@ def replaced_forwards(layers: Sequence[nn.Module], forwards: Sequence[Callable[.
     """Inside the block, layer i's forward is forwards[i], called as transformers calls a decoder
     layer (hidden states first, then keyword arguments)."""
     for layer, forward in zip(layers, forwards, strict=True):
-        layer.forward = forward  # type: ignore[method-assign]
+        layer.forward = forward
     try:
         yield
     finally:
