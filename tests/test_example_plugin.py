@@ -35,6 +35,22 @@ def greedy(model, prompt_ids, log):
 """
 
 
+def write_user_test(pytester: pytest.Pytester, fixture: str, body: str) -> None:
+    """A module whose test_mine takes `fixture` and starts generate(prompt_ids, log) over a tiny-ar
+    model and USER_DECODER's greedy; `body`, indented as inside it, goes on from there."""
+    pytester.makepyfile(user_decoder=USER_DECODER)
+    pytester.makepyfile(test_user=f"""
+        import torch
+        from pytest_dlmbench.core import BenchPoint
+        from pytest_dlmbench.models import build_model, get_spec
+        from user_decoder import greedy
+
+        def test_mine({fixture}):
+            model = build_model(get_spec("tiny-ar"), torch.device("cpu"), torch.float32)
+
+            def generate(prompt_ids, log):""" + body)
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The example package installed into a folder of its own (no index: everything is local)."""
@@ -111,17 +127,7 @@ def test_the_factor_rule_commits_the_largest_n_it_allows(monkeypatch):
 
 
 def test_a_users_generate_that_logs_its_forwards_gets_every_metric(pytester):
-    pytester.makepyfile(user_decoder=USER_DECODER)
-    pytester.makepyfile(test_user="""
-        import torch
-        from pytest_dlmbench.core import BenchPoint
-        from pytest_dlmbench.models import build_model, get_spec
-        from user_decoder import greedy
-
-        def test_mine(dlm_bench):
-            model = build_model(get_spec("tiny-ar"), torch.device("cpu"), torch.float32)
-
-            def generate(prompt_ids, log):
+    write_user_test(pytester, "dlm_bench", """
                 return greedy(model, prompt_ids, log)
 
             metrics = dlm_bench(BenchPoint("mine", "tiny-ar", 5, 8, 2), generate=generate)
@@ -138,17 +144,7 @@ def test_a_users_generate_that_logs_its_forwards_gets_every_metric(pytester):
 
 
 def test_a_users_generate_gets_an_oom_boundary(pytester):
-    pytester.makepyfile(user_decoder=USER_DECODER)
-    pytester.makepyfile(test_user="""
-        import torch
-        from pytest_dlmbench.core import BenchPoint
-        from pytest_dlmbench.models import build_model, get_spec
-        from user_decoder import greedy
-
-        def test_mine(dlm_boundary):
-            model = build_model(get_spec("tiny-ar"), torch.device("cpu"), torch.float32)
-
-            def generate(prompt_ids, log):
+    write_user_test(pytester, "dlm_boundary", """
                 if prompt_ids.shape[0] > 5:  # this decoder's memory ends at batch 5
                     raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
                 return greedy(model, prompt_ids, log)
