@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pytest_dlmbench.core import BenchPoint, DecodeOptions
 from pytest_dlmbench.extensions import ENTRY_POINT_GROUP, registered_from
@@ -34,8 +34,10 @@ from pytest_dlmbench.paradigms.base import (
     register,
     strategies_of,
 )
-from pytest_dlmbench.runtimes import RUNTIMES, KVCache, Runtime
+from pytest_dlmbench.runtimes import RUNTIMES, KVCache, Runtime, RuntimeClass
 
+P = TypeVar("P", bound="type[Paradigm]")
+R = TypeVar("R", bound=RuntimeClass)
 
 def _caller() -> str:
     return str(sys._getframe(2).f_globals.get("__name__", "__main__"))
@@ -64,7 +66,7 @@ def register_strategy(paradigm: str, name: str, build: StrategyBuilder) -> None:
     add_strategy(paradigm, name, build)
 
 
-def register_paradigm(cls: type) -> type:
+def register_paradigm(cls: P) -> P:
     """Add a decoding paradigm (a class with the `Paradigm` members and a `from_options(options,
     strategy, fidelity)` classmethod); `runtimes` on the class names those it runs on (default:
     every one). Usable as a class decorator."""
@@ -72,7 +74,7 @@ def register_paradigm(cls: type) -> type:
     return register(cls)
 
 
-def register_runtime(cls: type) -> type:
+def register_runtime(cls: R) -> R:
     """Add an execution runtime (a class with the `Runtime` members, built as `cls(model)`);
     selected with `--dlm-runtime=NAME`. A `check_model(config)` classmethod may refuse
     architectures it does not implement (raise ValueError naming the missing part)."""

@@ -116,7 +116,8 @@ class BoundaryRunner:
         }
         at_max = boundary.at_max
         estimate_s = at_max.generation_s(point.gen_len)
-        found |= {"peak_mem_at_max_bytes": at_max.peak_allocated_bytes, "probe_ms_per_forward_at_max": at_max.forward_ms,
+        found |= {"peak_mem_at_max_bytes": at_max.peak_allocated_bytes,
+                  "probe_ms_per_forward_at_max": at_max.forward_ms,
                   "estimated_generation_s": estimate_s}
         labels = search.labels.at_batch(max(1, boundary.max_batch_size))
         boundary_id = search.labels.point.boundary_id
@@ -127,7 +128,7 @@ class BoundaryRunner:
                 status, reason = "untimed", (
                     f"boundary {boundary_id}: max batch {boundary.max_batch_size}; a full generation there "
                     f"would take ~{estimate_s:.0f} s, over --dlm-max-time={settings.max_time_s:g}: not timed")
-            memory = MemoryReport(peak_allocated_bytes=found["peak_mem_at_max_bytes"])
+            memory = MemoryReport(peak_allocated_bytes=at_max.peak_allocated_bytes)
             self.bench.keep(failed_record(labels, search.describe, status, reason, memory,
                                           found | {"probe_to_full_peak_ratio": None}))
             pytest.skip(reason)

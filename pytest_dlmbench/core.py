@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 DEFAULT_SIMULATED_TPF = 3.0  # tokens per forward of the parallel strategies on random weights
-DEFAULT_ROUNDS = 6  # gate.rounds_needed(6, 30, ...) == 6: the fewest a side to judge the standard grid's 30 points at once
+# gate.rounds_needed(6, 30, ...) == 6: the fewest a side to judge the standard grid's 30 points at once
+DEFAULT_ROUNDS = 6
 DEFAULT_MAX_ROUNDS = 20
 RUNTIME_NAMES = ("graphs", "eager")  # runtimes/: static shapes replayed as CUDA graphs; transformers as published
 DEFAULT_RUNTIME = "graphs"
@@ -70,7 +71,8 @@ class BenchPoint:
 
     def _id(self, batch: str) -> str:
         base = f"{self.paradigm}-{self.model}-p{self.prompt_len}-g{self.gen_len}{batch}"
-        suffixes = (self.strategy != "baseline" and self.strategy, self.runtime not in UNNAMED_RUNTIMES and self.runtime,
+        suffixes = (self.strategy != "baseline" and self.strategy,
+                    self.runtime not in UNNAMED_RUNTIMES and self.runtime,
                     self.fidelity != DEFAULT_FIDELITY and self.fidelity)
         return "-".join([base, *(suffix for suffix in suffixes if suffix)])
 
@@ -212,7 +214,8 @@ class PointMetrics:
     predicted_peak_bytes: int | None = None  # the analytic memory model (memory_model.py)
     measured_to_predicted: float | None = None  # peak_mem_allocated_bytes / predicted_peak_bytes
     prompt_source: str = "synthetic"
-    tokens_decoded: int | None = None  # batch * positions decoded past the prompt (block reference: the last block whole)
+    # batch * positions decoded past the prompt (block reference: the last block whole)
+    tokens_decoded: int | None = None
     tokens_per_s_counts: str = "tokens_generated"  # the count tokens_per_s divides by the latency
     rounds: int = 0
     warmup_rounds: int = 0
@@ -225,7 +228,8 @@ class PointMetrics:
     clock_event_reasons_start: tuple[str, ...] | None = None
     clock_event_reasons_end: tuple[str, ...] | None = None
     other_processes_bytes: int | None = None
-    roofline: dict[str, Any] = dataclasses.field(default_factory=dict)  # roofline.py's keys and ai_paper_flop_per_element, saved flat
+    # roofline.py's keys and ai_paper_flop_per_element, saved flat
+    roofline: dict[str, Any] = dataclasses.field(default_factory=dict)
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)  # further keys, saved flat (e.g. a boundary search)
 
     @classmethod

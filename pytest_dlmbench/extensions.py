@@ -44,7 +44,8 @@ def load_extensions() -> list[Extension]:
         _entry_points_loaded = True
         for point in entry_points(group=ENTRY_POINT_GROUP):
             distribution = point.dist
-            where = f"entry point {point.name!r} ({point.value}) of {distribution.name if distribution else 'a package'}"
+            package = distribution.name if distribution else "a package"
+            where = f"entry point {point.name!r} ({point.value}) of {package}"
             try:
                 loaded = point.load()
                 if callable(loaded) and not isinstance(loaded, type):
@@ -70,7 +71,8 @@ def importable_modules() -> list[str]:
     """The modules a fresh process imports to register what this one did without an entry point."""
     return [extension.module for extension in _LOADED.values()
             if extension.entry_point is None and extension.module != "__main__"
-            and not extension.module.endswith("conftest") and importlib.util.find_spec(extension.module.partition(".")[0]) is not None]
+            and not extension.module.endswith("conftest")
+            and importlib.util.find_spec(extension.module.partition(".")[0]) is not None]
 
 
 def import_modules(modules: list[str]) -> None:

@@ -213,7 +213,8 @@ def judge(point: str, rule: GateRule, base: dict[str, Any], new: dict[str, Any])
 def holm(verdicts: list[Verdict]) -> list[Verdict]:
     """Decide the pending verdicts with Holm's step-down correction over every sampled comparison."""
     family = sum(verdict.sampled for verdict in verdicts)
-    order = sorted((i for i, v in enumerate(verdicts) if v.verdict == PENDING), key=lambda i: verdicts[i].p_value)
+    pending = [i for i, v in enumerate(verdicts) if v.verdict == PENDING]
+    order = sorted(pending, key=lambda i: verdicts[i].p_value or 0.0)  # a pending verdict has its p-value
     decided, rejecting = list(verdicts), True
     for rank, index in enumerate(order):
         verdict = verdicts[index]
@@ -287,13 +288,15 @@ def _round_spread(info: dict[str, Any], metric: str) -> float | None:
     return (values[-1] - values[0]) / values[len(values) // 2] * 100
 
 
-def noise(first: dict[str, dict[str, Any]], second: dict[str, dict[str, Any]], metric: str = "tokens_per_s") -> list[Spread]:
+def noise(first: dict[str, dict[str, Any]], second: dict[str, dict[str, Any]],
+          metric: str = "tokens_per_s") -> list[Spread]:
     spreads = []
     for point in sorted(first.keys() & second.keys()):
         a, b = first[point].get(metric), second[point].get(metric)
         if not isinstance(a, (int, float)) or not isinstance(b, (int, float)) or not a:
             continue
-        within = [s for s in (_round_spread(first[point], metric), _round_spread(second[point], metric)) if s is not None]
+        within = [spread for spread in (_round_spread(first[point], metric), _round_spread(second[point], metric))
+                  if spread is not None]
         spreads.append(Spread(point, a, b, (b - a) / a * 100, max(within) if within else None))
     return spreads
 

@@ -134,14 +134,16 @@ class MemoryTracker:
         self._thread.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         synchronize(self.device)
         self._record()
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
         if self._failed is not None:
-            warnings.warn(f"memory sampling failed, peak may be low or null: {self._failed}", MemoryWarning, stacklevel=2)
+            warnings.warn(f"memory sampling failed, peak may be low or null: {self._failed}", MemoryWarning,
+                          stacklevel=2)
         if not self._cuda:
             self.report = MemoryReport(peak_rss_bytes=self._peak)
             return

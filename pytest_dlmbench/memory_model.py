@@ -14,7 +14,8 @@ where a point would run out of memory on cards that are not present.
 - logits: positions whose logits are computed x vocab x dtype bytes, alive with the last
   activations; after the forward, when the activations are gone, scoring adds per softmax row and
   vocab entry its `scoring_bytes` (a float32 copy and its softmax: 8; the published float64 path:
-  16, or 40 with its float64 Gumbel noise; a softmax in the logits' dtype: their size; paradigms/scoring.py): the larger of the two stages counts.
+  16, or 40 with its float64 Gumbel noise; a softmax in the logits' dtype: their size;
+  paradigms/scoring.py): the larger of the two stages counts.
 Each paradigm names its phases (cached positions, forward tokens, logit positions) in
 `memory_phases()`. The estimate ignores allocator rounding and fragmentation and the CUDA context.
 """
@@ -38,7 +39,8 @@ class Phase:
     logit_positions: int
     cache_grows: bool = True  # appends to a cache (one layer copied); False: fills an empty one
     softmax_positions: int | None = None  # rows the scoring's softmax runs over (None: the logit positions)
-    scoring_bytes: int | None = 8  # scoring memory per softmax row and vocab entry beyond the logits (None: dtype bytes)
+    # scoring memory per softmax row and vocab entry beyond the logits (None: dtype bytes)
+    scoring_bytes: int | None = 8
 
 
 def expert_parameters(spec: ModelSpec) -> int:

@@ -8,7 +8,7 @@ so runs without benchmarks, and `pytest --help`, never import torch.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
@@ -172,7 +172,7 @@ def model_scheduler(config: pytest.Config, log: Any) -> Any:
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Generator[None, Any, None]:
     """In a worker: the point on its setup report, its record and saved entry on its call report."""
     outcome = yield
     if not is_worker(item.config):
@@ -244,7 +244,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         if settings.baseline is not None:
             path = settings.baseline
         elif compare:
-            path = benchmark_compare_file(config.getoption("benchmark_storage"), compare)
+            path = str(benchmark_compare_file(config.getoption("benchmark_storage"), compare))
         else:
             raise pytest.UsageError("--dlm-gate needs a baseline: --dlm-baseline=PATH or --benchmark-compare")
         baseline = load_run(path)
@@ -349,11 +349,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     session = dlm_session(config)
     if session.selection_error is not None:
         raise pytest.UsageError(session.selection_error)
-    points = [item.callspec.params["dlm_point"] for item in items
-              if "dlm_point" in getattr(getattr(item, "callspec", None), "params", {})]
+    params = [getattr(getattr(item, "callspec", None), "params", {}) for item in items]
+    points = [parameters["dlm_point"] for parameters in params if "dlm_point" in parameters]
     session.baseline_shapes = {point.shape_key for point in points if point.strategy == "baseline"}
-    session.all_timed = all("dlm_bench" in item.fixturenames for item in items
-                            if "benchmark" in getattr(item, "fixturenames", ()))
+    fixtures = [getattr(item, "fixturenames", ()) for item in items]
+    session.all_timed = all("dlm_bench" in names for names in fixtures if "benchmark" in names)
     if session.gate_baseline is not None:
         session.gate_rounds = _gate_rounds(config, session.gate_baseline, items)
 

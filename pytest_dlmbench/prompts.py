@@ -20,7 +20,8 @@ class PromptError(ValueError):
     """Prompts of the requested kind cannot be made here."""
 
 
-def synthetic_prompts(vocab_limit: int, batch_size: int, prompt_len: int, seed: int, device: torch.device) -> torch.Tensor:
+def synthetic_prompts(vocab_limit: int, batch_size: int, prompt_len: int, seed: int,
+                      device: torch.device) -> torch.Tensor:
     """(batch, prompt_len) ids in [0, vocab_limit), seeded by the seed and the shape."""
     import torch
 
@@ -90,7 +91,7 @@ def _load_gsm8k(path: str | None) -> tuple[list[dict[str, Any]], list[dict[str, 
     if isinstance(data, datasets.Dataset):
         data = datasets.DatasetDict(train=data)
     train = data["train"] if "train" in data else next(iter(data.values()))
-    test = data["test"] if "test" in data else train
+    test = data.get("test", train)
     for split in (train, test):
         missing = {"question", "answer"} - set(split.column_names)
         if missing:

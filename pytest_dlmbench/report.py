@@ -11,7 +11,8 @@ from tabulate import tabulate
 
 from pytest_dlmbench.core import MEASUREMENT_AXES, PAPER_AI_CAVEAT, PointMetrics
 
-SUMMARY_HEADERS = ("paradigm", "strategy", "runtime", "fidelity", "model", "prompt", "gen", "batch", "tok/s", "ms/forward", "NFE",
+SUMMARY_HEADERS = ("paradigm", "strategy", "runtime", "fidelity", "model", "prompt", "gen", "batch", "tok/s",
+                   "ms/forward", "NFE",
                    "TPF", "peak MiB", "status")
 
 
@@ -22,7 +23,8 @@ def _mib(value: int | None) -> float | None:
 def summary_table(results: Iterable[PointMetrics]) -> str:
     """One row per point; peak memory is torch's allocated peak on CUDA and RSS on CPU."""
     rows = [
-        (m.paradigm, m.strategy, m.runtime, m.fidelity, m.model, m.prompt_len, m.gen_len, m.batch_size, m.tokens_per_s, m.ms_per_forward, m.nfe,
+        (m.paradigm, m.strategy, m.runtime, m.fidelity, m.model, m.prompt_len, m.gen_len, m.batch_size, m.tokens_per_s,
+         m.ms_per_forward, m.nfe,
          m.tokens_per_forward, _mib(m.peak_bytes), m.status)
         for m in results
     ]
@@ -67,7 +69,8 @@ def report_table(points: list[dict[str, Any]]) -> str:
     return tabulate(rows, headers=REPORT_HEADERS, tablefmt="github", floatfmt=".3g", missingval="-")
 
 
-HOST_TAX_HEADERS = ("paradigm", "strategy", "fidelity", "model", "prompt", "gen", "batch", "eager tok/s", "graphs tok/s",
+HOST_TAX_HEADERS = ("paradigm", "strategy", "fidelity", "model", "prompt", "gen", "batch", "eager tok/s",
+                    "graphs tok/s",
                     "speed-up", "eager ms/forward", "graphs ms/forward", "capture s", "equal tokens")
 
 
@@ -125,7 +128,9 @@ def wall_time_table(points: list[dict[str, Any]]) -> str | None:
                  if shared and runtime != "eager" else None)
         rows.append((run, runtime, len(timed), sum(wall for wall, _ in timed.values()),
                      sum(capture for _, capture in timed.values()), ratio))
-    return tabulate(rows, headers=WALL_TIME_HEADERS, tablefmt="github", floatfmt=".3g", missingval="-") if rows else None
+    if not rows:
+        return None
+    return tabulate(rows, headers=WALL_TIME_HEADERS, tablefmt="github", floatfmt=".3g", missingval="-")
 
 
 @contextmanager
@@ -155,6 +160,7 @@ def series_styles(labels: set[str]) -> dict[str, dict[str, Any]]:
     """One colour per paradigm and strategy, one line style and marker per runtime (or other varying
     axis, the label's bracket), so that a runtime's pair of series reads as one colour."""
     from matplotlib import colormaps
+    from matplotlib.colors import ListedColormap
 
     def split(label: str) -> tuple[str, str]:
         base, _, axes = label.partition(" [")
@@ -162,7 +168,9 @@ def series_styles(labels: set[str]) -> dict[str, dict[str, Any]]:
 
     bases = {base: index for index, base in enumerate(sorted({split(label)[0] for label in labels}))}
     variants = {variant: index for index, variant in enumerate(sorted({split(label)[1] for label in labels}))}
-    colours = colormaps["tab10" if len(bases) <= 10 else "tab20"].colors
+    palette = colormaps["tab10" if len(bases) <= 10 else "tab20"]
+    assert isinstance(palette, ListedColormap)  # the qualitative maps list their colours
+    colours: list[Any] = list(palette.colors)  # type: ignore[arg-type]  # matplotlib types it as any array-like
     lines, markers = ["-", "--", ":", "-."], ["o", "s", "^", "D"]
     styles = {}
     for label in labels:
@@ -186,7 +194,8 @@ def _sweep_figure(points: list[dict[str, Any]], runs: int, x_key: str, title: st
     """Throughput against `x_key`, one panel per prompt length; OOM points drawn as red crosses."""
     prompts = sorted({p["prompt_len"] for p in points})
     styles = series_styles({_series_label(p, runs) for p in points})
-    with _figure(path, nrows=1, ncols=len(prompts), figsize=(6 * len(prompts) + 3, 4.5), squeeze=False) as (figure, axes):
+    with _figure(path, nrows=1, ncols=len(prompts), figsize=(6 * len(prompts) + 3, 4.5),
+                 squeeze=False) as (figure, axes):
         for axis, prompt_len in zip(axes[0], prompts):
             chosen = [p for p in points if p["prompt_len"] == prompt_len]
             for label in sorted({_series_label(p, runs) for p in chosen}):
@@ -241,7 +250,8 @@ def _speedup_figure(points: list[dict[str, Any]], runs: int, path: Path) -> bool
     prompts = sorted({prompt for _, prompt in ratios})
     styles = series_styles({label for label, _ in ratios})
     x_name = x_key.replace("_", " ").replace("len", "length")
-    with _figure(path, nrows=1, ncols=len(prompts), figsize=(6 * len(prompts) + 3, 4.5), squeeze=False) as (figure, axes):
+    with _figure(path, nrows=1, ncols=len(prompts), figsize=(6 * len(prompts) + 3, 4.5),
+                 squeeze=False) as (figure, axes):
         for axis, prompt_len in zip(axes[0], prompts):
             for (label, prompt), values in sorted(ratios.items()):
                 if prompt == prompt_len:

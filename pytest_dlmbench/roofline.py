@@ -108,11 +108,14 @@ def device_peaks(settings: Any) -> Peaks | None:
     else:
         peaks = measure_peaks(settings.torch_device) if settings.measure_ceilings else table_peaks(name)
     if settings.peak_tflops is not None or settings.peak_gbps is not None:
-        if peaks is None and (settings.peak_tflops is None or settings.peak_gbps is None):
+        if peaks is not None:
+            peaks = Peaks(settings.peak_tflops or peaks.tflops, settings.peak_gbps or peaks.gbps, "user")
+        elif settings.peak_tflops is None or settings.peak_gbps is None:
             warnings.warn(f"no peak table entry for {name or settings.device!r}: give both --dlm-peak-tflops and "
                           "--dlm-peak-gbps", stacklevel=2)
             return None
-        peaks = Peaks(settings.peak_tflops or peaks.tflops, settings.peak_gbps or peaks.gbps, "user")
+        else:
+            peaks = Peaks(settings.peak_tflops, settings.peak_gbps, "user")
     if peaks is None and name is not None:
         warnings.warn(f"no peak table entry for {name!r}: roofline fields need --dlm-peak-tflops and "
                       "--dlm-peak-gbps, or --dlm-measure-ceilings", stacklevel=2)
@@ -124,6 +127,8 @@ def attended_pairs(shape: ForwardShape, block_size: int | None) -> int:
     if shape.attention == "causal":
         return tokens * (context - tokens) + tokens * (tokens + 1) // 2
     if shape.attention == "block_causal":
+        if block_size is None:
+            raise ValueError("a block-causal forward needs its model's block_size")
         return sum(min((i // block_size + 1) * block_size, context) for i in range(tokens))
     return tokens * context
 
@@ -137,7 +142,8 @@ class Cost:
         return Cost(self.flops + other.flops, self.bytes + other.bytes)
 
 
-def forward_cost(spec: ModelSpec, shape: ForwardShape, batch: int, dtype: str, concatenating_cache: bool = False) -> Cost:
+def forward_cost(spec: ModelSpec, shape: ForwardShape, batch: int, dtype: str,
+                 concatenating_cache: bool = False) -> Cost:
     """FLOPs and bytes of one forward over `batch` sequences."""
     size = DTYPE_BYTES[dtype]
     h, vocab = spec.hidden_size, spec.vocab_size

@@ -211,26 +211,28 @@ class PointRunner:
             if settings.warmup == 0 and plan.runtime is not None and plan.runtime.capture_s is not None:
                 progress.phase = "capturing graphs"
                 assert plan.decoder is not None and plan.decoder.paradigm is not None  # a runtime's is built in
-                fixed = plan.decoder.paradigm.fixed_shapes(plan.decoder.spec, plan.point.gen_len)  # then a shape runs only when captured
+                # then a shape runs only when captured
+                fixed = plan.decoder.paradigm.fixed_shapes(plan.decoder.spec, plan.point.gen_len)
                 with plan.runtime.skipping_seen_shapes() if fixed else nullcontext():
                     plan.run_once()  # untimed: capture is never timed, even without warm-up
             for index in range(settings.warmup):
                 progress.phase = f"warm-up {index + 1}/{settings.warmup}"
-                tracker = MemoryTracker(device) if index == 0 else nullcontext()
+                tracker = MemoryTracker(device) if index == 0 else None
                 began = time.perf_counter()
-                with tracker:
+                with tracker or nullcontext():
                     plan.run_once()
                 synchronize(device)
                 warm_s = time.perf_counter() - began
-                if index == 0:
+                if tracker is not None:
                     memory = tracker.report
             captured_s = plan.runtime.capture_s if plan.runtime is not None else None
             rounds = max(settings.rounds, self.gate_rounds)
             if warm_s is not None and rounds * warm_s > settings.max_time_s:
                 warnings.warn(
-                    f"{progress.label}: {rounds} timed rounds take about {rounds * warm_s:.0f} s after a {warm_s:.1f} s "
-                    f"warm-up generation, over --dlm-max-time={settings.max_time_s:g} s; rounds are not cut: the gate "
-                    f"needs {DEFAULT_ROUNDS} a side to judge 30 points at once (--dlm-rounds sets them)",
+                    f"{progress.label}: {rounds} timed rounds take about {rounds * warm_s:.0f} s after a "
+                    f"{warm_s:.1f} s warm-up generation, over --dlm-max-time={settings.max_time_s:g} s; rounds are "
+                    f"not cut: the gate needs {DEFAULT_ROUNDS} a side to judge 30 points at once "
+                    "(--dlm-rounds sets them)",
                     RoundsWarning, stacklevel=2)
 
             results: list[GenerationResult] = []
@@ -245,16 +247,17 @@ class PointRunner:
                 results.append(result)
                 return result
 
-            tracker = MemoryTracker(device) if settings.warmup == 0 else nullcontext()
-            with tracker:
+            tracker = MemoryTracker(device) if settings.warmup == 0 else None
+            with tracker or nullcontext():
                 self.benchmark.pedantic(timed_round, setup=lambda: synchronize(device), rounds=rounds,
                                         iterations=1, warmup_rounds=0)
-            if settings.warmup == 0:
+            if tracker is not None:
                 memory = tracker.report
         capture_s = plan.runtime.capture_s if plan.runtime is not None else None
         if capture_s != captured_s:
             warnings.warn(f"{progress.label}: a forward shape was first captured in a timed round (its capture, "
-                          f"{capture_s - captured_s:.2f} s, is in that round's time)", CaptureWarning, stacklevel=2)
+                          f"{(capture_s or 0.0) - (captured_s or 0.0):.2f} s, is in that round's time)", CaptureWarning,
+                          stacklevel=2)
         return Measurement(results, latencies, memory, settings.warmup, capture_s)
 
     def _user_plan(self, point: BenchPoint, generate: GenerateFn, vocab_size: int | None,
@@ -311,7 +314,8 @@ class PointRunner:
         if settings.prompts == "synthetic":
             return synthetic_prompts(loaded.spec.prompt_vocab_limit, point.batch_size, point.prompt_len, settings.seed,
                                      settings.torch_device)
-        return gsm8k_prompts(loaded.tokenizer(), load_gsm8k(settings.dataset), point.batch_size, point.prompt_len, settings.torch_device)
+        return gsm8k_prompts(loaded.tokenizer(), load_gsm8k(settings.dataset), point.batch_size, point.prompt_len,
+                             settings.torch_device)
 
 
 def check_generated(point: BenchPoint, tokens: Any) -> None:

@@ -11,7 +11,7 @@ import json
 import lzma
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,7 +72,8 @@ def read_run_document(path: str | Path) -> dict[str, Any]:
     try:
         data = journal_document(text) if is_journal(text) else json.loads(text)
     except json.JSONDecodeError as error:
-        raise RunFileError(f"{name}: not valid JSON, truncated or corrupt ({error.msg} at line {error.lineno})") from None
+        raise RunFileError(
+            f"{name}: not valid JSON, truncated or corrupt ({error.msg} at line {error.lineno})") from None
     except (KeyError, TypeError, AttributeError) as error:
         raise RunFileError(f"{name}: a journal line is not a point record ({error!r})") from None
     if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list):
@@ -138,7 +139,8 @@ def load_run(path: str | Path) -> SavedRun:
     return SavedRun(str(path), data["machine_info"]["dlmbench"], points, data.get(PARTIAL_KEY))
 
 
-def merge_runs(paths: list[str], replace: bool = False, allow_mismatch: bool = False) -> tuple[dict[str, Any], list[str]]:
+def merge_runs(paths: list[str], replace: bool = False,
+               allow_mismatch: bool = False) -> tuple[dict[str, Any], list[str]]:
     """One run from a grid measured in several invocations: the first file's machine and commit,
     every file's points. A point in two files is an error unless `replace` (the later file's wins);
     returns the merged document and a line per replaced point."""
@@ -155,7 +157,8 @@ def merge_runs(paths: list[str], replace: bool = False, allow_mismatch: bool = F
                 test = entry["fullname"]
                 if test in entries:
                     if not replace:
-                        raise RunFileError(f"{name}: {test} is also in {entries[test][1]} (--replace keeps the later file's)")
+                        raise RunFileError(
+                            f"{name}: {test} is also in {entries[test][1]} (--replace keeps the later file's)")
                     replaced.append(f"{test}: {entries[test][1]} replaced by {name}")
                 entries[test] = (key, name, entry)
     merged = {key: value for key, value in first.items() if key not in ("benchmarks", FAILED_KEY)}
@@ -168,7 +171,7 @@ def merge_runs(paths: list[str], replace: bool = False, allow_mismatch: bool = F
     return merged, replaced
 
 
-def missing_shards(shards: list[str | None]) -> list[str]:
+def missing_shards(shards: Sequence[str | None]) -> list[str]:
     """The slices I/N (--dlm-shard) of a sharded selection that none of `shards` is."""
     counts = {shard.partition("/")[2] for shard in shards if shard}
     return sorted(f"{index}/{count}" for count in counts for index in range(1, int(count) + 1)

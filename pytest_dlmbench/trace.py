@@ -38,7 +38,8 @@ def _read(path: Path) -> list[dict[str, Any]]:
     except json.JSONDecodeError as error:
         raise TraceError(f"acceptance trace {str(path)!r} is not JSON: {error}") from None
     if not isinstance(data, dict) or data.get("schema") != TRACE_SCHEMA:
-        raise TraceError(f"acceptance trace {str(path)!r} has schema {data.get('schema') if isinstance(data, dict) else None!r}; "
+        schema = data.get("schema") if isinstance(data, dict) else None
+        raise TraceError(f"acceptance trace {str(path)!r} has schema {schema!r}; "
                          f"this version reads {TRACE_SCHEMA}")
     return data["points"]
 

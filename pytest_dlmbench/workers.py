@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_dlmbench.integrations.xdist import worker_of
+from pytest_dlmbench.integrations.xdist import worker_input, worker_of
 
 if TYPE_CHECKING:
     from pytest_dlmbench.core import PointMetrics, Settings
@@ -46,7 +46,7 @@ def is_controller(config: pytest.Config) -> bool:
 
 def worker_count(config: pytest.Config) -> int:
     """How many workers run points at once (1 in one process)."""
-    return int(config.workerinput["workercount"]) if is_worker(config) else 1
+    return int(worker_input(config)["workercount"]) if is_worker(config) else 1
 
 
 def devices_text(devices: tuple[int, ...] | str) -> str:
@@ -59,7 +59,7 @@ def gpu_slots(devices: tuple[int, ...] | str, visible: int, workers: int | None)
     text = devices_text(devices)
     if visible == 0:
         raise ValueError(f"--dlm-devices={text}: no CUDA device is visible on this machine")
-    slots = tuple(range(visible)) if devices == "all" else tuple(devices)
+    slots = tuple(range(visible)) if isinstance(devices, str) else devices  # a string is "all"
     unseen = sorted({index for index in slots if index >= visible})
     if unseen:
         raise ValueError(f"--dlm-devices={text}: no CUDA device {', '.join(map(str, unseen))}; this machine has "
@@ -96,7 +96,7 @@ def worker_settings(config: pytest.Config, settings: Settings) -> Settings:
     told not to save or compare here: the controller does."""
     for option, off in CONTROLLER_ONLY.items():
         setattr(config.option, option, off)
-    worker, gpu = config.workerinput["workerid"], config.workerinput.get(GPU_KEY)
+    worker, gpu = worker_input(config)["workerid"], worker_input(config).get(GPU_KEY)
     if gpu is None:
         return dataclasses.replace(settings, worker=worker)
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -107,7 +107,7 @@ def worker_settings(config: pytest.Config, settings: Settings) -> Settings:
 def refuse_shared_gpu(config: pytest.Config, settings: Settings) -> None:
     """Workers without --dlm-devices would all run on the same GPU and time each other's work."""
     workers = worker_count(config)
-    if workers > 1 and settings.gpu_index is not None and config.workerinput.get(GPU_KEY) is None:
+    if workers > 1 and settings.gpu_index is not None and worker_input(config).get(GPU_KEY) is None:
         raise pytest.UsageError(
             f"{workers} pytest-xdist workers would share {settings.device}: pass --dlm-devices=all (one GPU per "
             "worker) or a list of GPUs; list a GPU more than once to run two workers on it")
@@ -190,8 +190,8 @@ class Controller:
         worker = worker_of(report)
         gpu = self.slots.placement.get(worker) if self.slots is not None and worker else None
         reason = self.down.get(worker or "")
-        message = " ".join(filter(None, (str(report.longrepr), gpu is not None and f"on GPU {gpu}",
-                                         reason and f"({reason})")))
+        message = " ".join(filter(None, (str(report.longrepr), f"on GPU {gpu}" if gpu is not None else None,
+                                         f"({reason})" if reason else None)))
         labels = PointLabels.of(point, settings, worker=worker, gpu_index=gpu)
         record = failed_record(labels, UNDESCRIBED, "error", message).to_extra_info()
         return Received(report.nodeid, record, (FAILED_KEY, failed_entry(report.nodeid, record)))

@@ -10,6 +10,11 @@ import pytest
 from xdist.scheduler import LoadScopeScheduling
 
 
+def worker_input(config: pytest.Config) -> dict[str, Any]:
+    """What the controller sent this worker (xdist's `config.workerinput`; none in the controller)."""
+    return config.workerinput  # type: ignore[attr-defined]  # set by xdist on worker configs
+
+
 def worker_of(report: pytest.TestReport) -> str | None:
     """The worker id xdist puts on the report of a test its worker died running."""
     return getattr(getattr(getattr(report, "node", None), "gateway", None), "id", None)

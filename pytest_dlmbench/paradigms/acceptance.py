@@ -19,7 +19,7 @@ import math
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, Union
+from typing import TYPE_CHECKING, Protocol
 
 from pytest_dlmbench.device import host_to_device
 from pytest_dlmbench.paradigms.scoring import Scoring, confidence
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     import torch
 
 # Commits of one step: the same count for every row, one per row, or None (the threshold decides).
-Count = Union[int, tuple[int, ...], None]
+Count = int | tuple[int, ...] | None
 
 
 def linear_schedule(masked: int, steps: int) -> list[int]:
@@ -43,8 +43,13 @@ class Acceptance(Protocol):
     `select`s the positions itself (Threshold: every one above `threshold`, plus the most
     confident one). A rule of one's own (api.py) implements the same three members."""
 
-    label: str  # recorded as extra_info["acceptance"]
-    threshold: float | None
+    @property
+    def label(self) -> str:
+        """Recorded as extra_info["acceptance"]."""
+        ...
+
+    @property
+    def threshold(self) -> float | None: ...
 
     def counts(self, masked: int, span: int, batch: int) -> Iterator[Count]: ...
 
@@ -66,13 +71,15 @@ class Counted:
     def select(self, confidence: torch.Tensor) -> torch.Tensor:
         raise TypeError(f"{type(self).__name__} yields counts; it never selects from confidences")
 
-    def counts(self, masked: int, span: int, batch: int) -> Iterator[Count]: ...
+    def counts(self, masked: int, span: int, batch: int) -> Iterator[Count]:
+        raise NotImplementedError
 
     def steps(self, masked: int, span: int, batch: int) -> int | None:
         """Forwards until the commits `counts` yields have used up `masked` positions in every row."""
         counts, left, steps = self.counts(masked, span, batch), [masked] * batch, 0
         while any(left):
             count = next(counts)
+            assert count is not None, "a counted rule always yields counts"
             per_row = count if isinstance(count, tuple) else (count,) * batch
             left = [max(0, row_left - row_count) for row_left, row_count in zip(left, per_row)]
             steps += 1

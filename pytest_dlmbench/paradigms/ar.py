@@ -70,7 +70,8 @@ class AutoregressiveDecoder:
             logits = runtime.forward(prompt_ids, 0, 1, cache, keep=True, attention="causal")
         tokens[:, 0] = pick(logits)
         for position in range(1, gen_len):
-            with log.forward("decode", 1, prompt_len + position, 1, "causal", 1):  # (batch, 1) in, (batch, 1, vocab) out
+            # (batch, 1) in, (batch, 1, vocab) out
+            with log.forward("decode", 1, prompt_len + position, 1, "causal", 1):
                 logits = runtime.forward(tokens[:, position - 1 : position], prompt_len + position - 1, 1, cache,
                                          keep=True)
             tokens[:, position] = pick(logits)

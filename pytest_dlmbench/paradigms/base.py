@@ -131,6 +131,9 @@ class Paradigm(Protocol):
     strategies: ClassVar[tuple[str, ...]]  # the first is the baseline
     paper_equation: ClassVar[str]  # the seed paper's Appendix A equation of its arithmetic intensity
 
+    @classmethod
+    def from_options(cls, options: DecodeOptions, strategy: str = ..., fidelity: str = ...) -> Paradigm: ...
+
     def validate(self, spec: ModelSpec, prompt_len: int, gen_len: int, batch_size: int) -> None: ...
 
     def describe(self, spec: ModelSpec, gen_len: int) -> dict[str, Any]:
@@ -187,8 +190,8 @@ def validate_lengths(spec: ModelSpec, prompt_len: int, gen_len: int, batch_size:
         )
 
 
-P = TypeVar("P", bound=type)
-PARADIGMS: dict[str, type] = {}
+P = TypeVar("P", bound="type[Paradigm]")
+PARADIGMS: dict[str, type[Paradigm]] = {}
 # A strategy added to a paradigm from outside its module: (options, fidelity) -> the configured decoder.
 StrategyBuilder = Callable[[DecodeOptions, str], Paradigm]
 ADDED_STRATEGIES: dict[tuple[str, str], StrategyBuilder] = {}  # (paradigm, strategy) -> builder

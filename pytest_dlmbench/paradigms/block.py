@@ -47,6 +47,13 @@ if TYPE_CHECKING:
     from pytest_dlmbench.runtimes import Runtime
 
 
+def block_shape(spec: ModelSpec) -> tuple[int, int, int]:
+    """(mask token, block size, sub-block size) of a block-diffusion model."""
+    if spec.mask_token_id is None or spec.block_size is None or spec.subblock_size is None:
+        raise DecodeError(f"model {spec.name} is not a block-diffusion model (needs mask token and block sizes)")
+    return spec.mask_token_id, spec.block_size, spec.subblock_size
+
+
 @register
 @dataclass(frozen=True)
 class BlockDiffusionDecoder:
@@ -59,7 +66,7 @@ class BlockDiffusionDecoder:
     subblock_cache: bool = False
     subblock_len: int | None = None  # None: the model's sub-block size
     refresh_every_step: bool = False
-    scoring: Scoring = lean()
+    scoring: Scoring = field(default_factory=lean)
     seed: int = 0  # sampling noise, with a temperature
 
     @classmethod
@@ -74,8 +81,8 @@ class BlockDiffusionDecoder:
 
     def decoded_length(self, spec: ModelSpec, prompt_len: int, gen_len: int) -> int:
         """Positions the generation fills: prompt + gen_len, up to a whole block when padded."""
-        total = prompt_len + gen_len
-        return -(-total // spec.block_size) * spec.block_size if self.scoring.pad_last_block else total
+        total, block = prompt_len + gen_len, block_shape(spec)[1]
+        return -(-total // block) * block if self.scoring.pad_last_block else total
 
     def describe(self, spec: ModelSpec, gen_len: int) -> dict[str, Any]:
         described = labels(self.acceptance, block_size=spec.block_size, steps=None)
@@ -88,34 +95,34 @@ class BlockDiffusionDecoder:
             return None
         # eq. 12: 2 B n_l (2 G d^2 + a^2 G d^2 + L G d) / (N + 2 B n_l d L + B n_l d G)
         n, layers, d, length, g = (parameter_count(spec), spec.num_layers, spec.hidden_size, prompt_len + gen_len,
-                                   spec.block_size)
+                                   block_shape(spec)[1])
         alpha = spec.active_intermediate_size / d
         return 2 * batch * layers * (2 * g * d * d + alpha**2 * g * d * d + length * g * d) / (
             n + 2 * batch * layers * d * length + batch * layers * d * g)
 
     def memory_phases(self, spec: ModelSpec, prompt_len: int, gen_len: int) -> list[Phase]:
         # the block-aligned prefill, then a block forward on the (almost) full cache
-        aligned = prompt_len // spec.block_size * spec.block_size
-        subblock = self.subblock_len or spec.subblock_size
+        _, block, model_subblock = block_shape(spec)
+        aligned = prompt_len // block * block
+        subblock = self.subblock_len or model_subblock
         return [Phase(aligned, aligned, self.scoring.logit_rows(aligned, 1), cache_grows=False, softmax_positions=1),
-                Phase(self.decoded_length(spec, prompt_len, gen_len), spec.block_size,
-                      self.scoring.logit_rows(spec.block_size, subblock), softmax_positions=subblock,
+                Phase(self.decoded_length(spec, prompt_len, gen_len), block,
+                      self.scoring.logit_rows(block, subblock), softmax_positions=subblock,
                       scoring_bytes=self.scoring.scoring_bytes())]
 
     def validate(self, spec: ModelSpec, prompt_len: int, gen_len: int, batch_size: int) -> None:
         validate_lengths(spec, prompt_len, gen_len, batch_size)
-        if spec.mask_token_id is None or spec.block_size is None or spec.subblock_size is None:
-            raise DecodeError(f"model {spec.name} is not a block-diffusion model (needs mask token and block sizes)")
+        _, block, model_subblock = block_shape(spec)
         if self.decoded_length(spec, prompt_len, gen_len) > spec.max_positions:
             raise DecodeError(f"the last block, decoded whole, reaches past {spec.name}'s {spec.max_positions} "
                               "positions; use --dlm-fidelity=lean or a shorter prompt + gen")
-        subblock = self.subblock_len or spec.subblock_size
-        if spec.block_size % subblock:
-            raise DecodeError(f"subblock_len={subblock} must divide {spec.name}'s block size {spec.block_size}")
+        subblock = self.subblock_len or model_subblock
+        if block % subblock:
+            raise DecodeError(f"subblock_len={subblock} must divide {spec.name}'s block size {block}")
 
     def fixed_shapes(self, spec: ModelSpec, gen_len: int) -> bool:
         # the sub-block cache refreshes while the sub-block's first position is masked: the logits decide
-        return not self.subblock_cache and self.acceptance.steps(spec.subblock_size, 0, 1) is not None
+        return not self.subblock_cache and self.acceptance.steps(block_shape(spec)[2], 0, 1) is not None
 
     def probe(self, runtime: Runtime, spec: ModelSpec, prompt_ids: torch.Tensor, gen_len: int, log: ForwardLog) -> None:
         """The prefill, then the last two blocks on a cache padded to the length they start at, two
@@ -132,8 +139,8 @@ class BlockDiffusionDecoder:
 
         batch, prompt_len = prompt_ids.shape
         self.validate(spec, prompt_len, gen_len, batch)
-        mask_id, block_size = spec.mask_token_id, spec.block_size
-        subblock_size = self.subblock_len or spec.subblock_size
+        mask_id, block_size, model_subblock = block_shape(spec)
+        subblock_size = self.subblock_len or model_subblock
         rule, scoring = self.acceptance, self.scoring
         total = self.decoded_length(spec, prompt_len, gen_len)
         answer = torch.full((batch, total - prompt_len), mask_id, dtype=torch.long, device=prompt_ids.device)
@@ -157,6 +164,7 @@ class BlockDiffusionDecoder:
         for start in starts:
             end = min(start + block_size, total)
             if start >= prompt_len:  # token shift: the previous forward's last logit predicts it
+                assert first_token is not None  # a block past the prompt follows a prefill or a commit
                 x[:, start] = first_token
             for sub_start in range(start, end, subblock_size):
                 sub = slice(sub_start, min(sub_start + subblock_size, end))

@@ -20,7 +20,8 @@ in float64, as Fast-dLLM's llada/generate.py does (scoring.py).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pytest_dlmbench.core import DEFAULT_FIDELITY
@@ -54,14 +55,15 @@ class MaskedDiffusionDecoder:
     """LLaDA low-confidence remasking, greedy; NFE = steps for the scheduled strategies."""
 
     name: ClassVar[str] = "dlm"
-    strategies: ClassVar[tuple[str, ...]] = ("baseline", "prefix_cache", "dual_cache", "parallel", "dual_cache+parallel")
+    strategies: ClassVar[tuple[str, ...]] = ("baseline", "prefix_cache", "dual_cache", "parallel",
+                                             "dual_cache+parallel")
     paper_equation: ClassVar[str] = "eq. 13"  # paper_arithmetic_intensity's closed form
     block_len: int = 32
     steps: int | None = None  # None: one step per generated token
     cache: str = "none"  # one of CACHES
     parallel: Acceptance | None = None  # None: LLaDA's fixed schedule
     refresh_every_step: bool = False
-    scoring: Scoring = lean()
+    scoring: Scoring = field(default_factory=lean)
     seed: int = 0  # sampling noise, with a temperature
 
     @classmethod
@@ -122,6 +124,7 @@ class MaskedDiffusionDecoder:
         batch, prompt_len = prompt_ids.shape
         self.validate(spec, prompt_len, gen_len, batch)
         mask_id, total = spec.mask_token_id, prompt_len + gen_len
+        assert mask_id is not None  # validate checked it
         answer = torch.full((batch, gen_len), mask_id, dtype=torch.long, device=prompt_ids.device)
         x = torch.cat([prompt_ids, answer], dim=1)  # (batch, prompt_len + gen_len)
         acceptance = self.acceptance(gen_len)
@@ -141,7 +144,8 @@ class MaskedDiffusionDecoder:
             while unfinished(step, steps, x[:, start:end], mask_id):
                 if self.cache == "none":
                     with log.forward("step", total, total, self.scoring.logit_rows(total, self.block_len)):
-                        logits, rows = forward(runtime, x, 0, block_rows + start - shift)  # bidirectional over everything
+                        # bidirectional over everything
+                        logits, rows = forward(runtime, x, 0, block_rows + start - shift)
                 if self.cache != "none" and (step == 0 or self.refresh_every_step):
                     cache = runtime.new_cache(batch, total)
                     with log.forward("refresh", total, total, self.scoring.logit_rows(total, self.block_len),
@@ -171,7 +175,5 @@ class MaskedDiffusionDecoder:
         """Every step has the same shapes (with a cache: the same refresh-then-step pattern per
         block), so the first three forwards reach the peak."""
         log.limit = log.nfe + 3
-        try:
+        with contextlib.suppress(ForwardLimitReached):
             self.generate(runtime, spec, prompt_ids, gen_len, log)
-        except ForwardLimitReached:
-            pass

@@ -18,7 +18,7 @@ softmax too, and confidences are those of the tokens that can be committed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from pytest_dlmbench.core import FIDELITY_NAMES
 
@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     import torch
 
     from pytest_dlmbench.runtimes.base import KVCache, Runtime
+
+Scored = TypeVar("Scored", "torch.Tensor", int)  # the scored rows: indices, or k for the last k
 
 
 @dataclass(frozen=True)
@@ -49,15 +51,15 @@ class Scoring:
         """How many positions' logits a forward of `forwarded` positions computes, `scored` being needed."""
         return forwarded if self.all_logits else scored
 
-    def forward(self, runtime: Runtime, ids: torch.Tensor, start: int, scored: torch.Tensor | int,
-                cache: KVCache | None = None, keep: bool = False, **kwargs: object,
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, runtime: Runtime, ids: torch.Tensor, start: int, scored: Scored,
+                cache: KVCache | None = None, keep: bool = False, attention: str = "full",
+                block_size: int | None = None) -> tuple[torch.Tensor, Scored | None]:
         """The runtime's forward of `ids` at `start`, computing logits where this fidelity does: the
         logits, and the `scored` rows among them (indices, or k for the last k; None: the logits
         are the scored rows, in order)."""
         if self.all_logits:
-            return runtime.forward(ids, start, ids.shape[1], cache, keep, **kwargs), scored
-        return runtime.forward(ids, start, scored, cache, keep, **kwargs), None
+            return runtime.forward(ids, start, ids.shape[1], cache, keep, attention, block_size), scored
+        return runtime.forward(ids, start, scored, cache, keep, attention, block_size), None
 
     def scoring_bytes(self) -> int | None:
         """Memory per (softmax row, vocab entry) beyond the logits while scoring: the published

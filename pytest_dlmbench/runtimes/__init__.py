@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pytest_dlmbench.runtimes.base import KVCache, Runtime
+from pytest_dlmbench.runtimes.base import KVCache, Runtime, RuntimeClass
 from pytest_dlmbench.runtimes.eager import EagerRuntime
 from pytest_dlmbench.runtimes.graphs import GraphRuntime
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
-RUNTIMES: dict[str, type] = {runtime.name: runtime for runtime in (GraphRuntime, EagerRuntime)}
+RUNTIMES: dict[str, RuntimeClass] = {runtime.name: runtime for runtime in (GraphRuntime, EagerRuntime)}
 
 
 def make_runtime(name: str, model: PreTrainedModel) -> Runtime:

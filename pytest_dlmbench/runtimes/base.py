@@ -68,6 +68,15 @@ class Runtime(Protocol):
         ...
 
 
+class RuntimeClass(Protocol):
+    """What the registry holds: a runtime class, built as `cls(model)`."""
+
+    name: str
+    concatenates: bool
+
+    def __call__(self, model: PreTrainedModel) -> Runtime: ...
+
+
 def cache_keyword(model: PreTrainedModel) -> str:
     """The name the model's forward gives its cache argument: `cache` in newer transformers,
     `past_key_values` before (the old name is deprecated where the new one exists)."""

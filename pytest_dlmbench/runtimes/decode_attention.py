@@ -12,7 +12,7 @@ grows inside one captured graph.
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -34,7 +34,7 @@ def split_count(rows_by_heads: int, multiprocessors: int) -> int:
 
 
 @functools.cache
-def kernels() -> tuple[object, object]:
+def kernels() -> tuple[Any, Any]:
     """The two kernels, compiled by Triton on first launch (imported here: Triton comes with CUDA torch)."""
     import triton
     import triton.language as tl

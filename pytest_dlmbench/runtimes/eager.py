@@ -11,7 +11,13 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pytest_dlmbench.runtimes.base import block_causal_mask, cache_keyword, causal_over_cache_mask, check_attention
+from pytest_dlmbench.runtimes.base import (
+    KVCache,
+    block_causal_mask,
+    cache_keyword,
+    causal_over_cache_mask,
+    check_attention,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -30,7 +36,7 @@ def slot_cache_class() -> type:
                    **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
             if self.write_at is None:
                 return super().update(key_states, value_states, layer_idx, *args, **kwargs)
-            layer = self.layers[layer_idx]  # keys (B, KVH, slots, D)
+            layer: Any = self.layers[layer_idx]  # keys (B, KVH, slots, D); an attention layer, never a linear one
             layer.keys[..., self.write_at, :] = key_states
             layer.values[..., self.write_at, :] = value_states
             return layer.keys, layer.values
@@ -110,10 +116,12 @@ class EagerRuntime:
     def new_cache(self, batch: int, capacity: int) -> DynamicKV:
         return DynamicKV(slot_cache_class()(config=self.model.config), self.model, batch)
 
-    def forward(self, ids: torch.Tensor, start: int, rows: torch.Tensor | int, cache: DynamicKV | None = None,
+    def forward(self, ids: torch.Tensor, start: int, rows: torch.Tensor | int, cache: KVCache | None = None,
                 keep: bool = False, attention: str = "full", block_size: int | None = None) -> torch.Tensor:
         import torch
 
+        if cache is not None and not isinstance(cache, DynamicKV):
+            raise TypeError(f"the eager runtime runs on its own caches (new_cache), not a {type(cache).__name__}")
         cached = cache.length() if cache is not None else 0
         check_attention(attention, cached, block_size)
         n = ids.shape[1]
@@ -135,7 +143,7 @@ class EagerRuntime:
         finally:
             if cache is not None:
                 cache.cache.write_at = None
-        if in_place and keep:
+        if cache is not None and in_place and keep:
             cache.stale = None  # the span's slots hold its keys now
         elif cache is not None and not keep and not in_place:
             cache.cache.crop(-n)

@@ -252,7 +252,7 @@ class GraphRuntime:
                id(cache))
         captured = self.graphs.get(key)
         if captured is None:  # the buffers of a new shape (uncaptured: of every call)
-            mask = block_causal_mask(n, block_size, ids.device) if attention == "block_causal" else (
+            mask = block_causal_mask(n, block_size or n, ids.device) if attention == "block_causal" else (
                 torch.empty(1, 1, n, window, dtype=torch.bool, device=ids.device) if masked else None)
             captured = Captured(ids.clone(), torch.empty(n, dtype=torch.long, device=ids.device),
                                 rows if isinstance(rows, int) else rows.clone(), mask,
@@ -261,11 +261,13 @@ class GraphRuntime:
                                                   ids.device) if split else None)
         captured.ids.copy_(ids)
         torch.add(captured.offsets, start, out=captured.slots)  # (n,) positions
-        if not isinstance(rows, int):
+        if not isinstance(rows, int) and isinstance(captured.rows, torch.Tensor):  # rows as indices (in the key)
             captured.rows.copy_(rows)
         if over_cache:
+            assert captured.mask is not None  # a masked shape has its mask buffer
             torch.le(captured.window_slots[None], captured.slots[:, None], out=captured.mask[0, 0])
         elif masked and attention != "block_causal":
+            assert captured.mask is not None
             torch.lt(captured.window_slots, valid, out=captured.mask[0, 0, 0])
         if captured.split is not None:
             captured.split.lengths.fill_(valid)
@@ -280,6 +282,7 @@ class GraphRuntime:
                 self.graphs[key] = captured
             if not (seen and self.skip_seen):  # a new graph runs once, so its logits are real ones
                 captured.graph.replay()
+            assert captured.logits is not None  # written by the capture
             logits = captured.logits
         if cache is not None and keep:
             cache.keep(start, start + n)
