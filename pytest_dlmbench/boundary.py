@@ -133,7 +133,7 @@ class BoundaryRunner:
                                           found | {"probe_to_full_peak_ratio": None}))
             pytest.skip(reason)
         # the full generation is the check: if it runs out of memory where the probe fitted, the point
-        # is saved "oom" with the search (allocator fragmentation can do that: see the README)
+        # is saved "oom" with the search (allocator fragmentation can do that: see docs/memory.md)
         metrics = self.bench(labels.point, generate=generate, vocab_size=vocab_size,
                              extra=found | {"probe_to_full_peak_ratio": None})
         full_peak = metrics.peak_mem_allocated_bytes

@@ -34,7 +34,7 @@ LAYERS = (
     {"paradigms.base", "report"},
     {"paradigms.ar", "paradigms.block", "paradigms.dlm"},
     {"paradigms", "roofline"},
-    {"record", "session"},
+    {"record", "session", "record_keys"},
     {"grid", "runner", "probe", "api"},
     {"options", "boundary", "workers", "scheduling"},
     {"plugin", "cli"},
@@ -123,6 +123,20 @@ def test_device(dlm_settings, pytestconfig):
     done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q"], cwd=pytester.path,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stdout
+
+
+def test_every_record_key_is_documented_and_the_metrics_page_is_generated_from_the_keys():
+    from pytest_dlmbench.core import UNDESCRIBED, BenchPoint, PointLabels
+    from pytest_dlmbench.record import failed_record
+    from pytest_dlmbench.record_keys import documented_keys, record_keys_markdown
+
+    saved = failed_record(PointLabels.of(BenchPoint("ar", "tiny-ar", 4, 8, 1), Settings()), UNDESCRIBED, "error",
+                          "x").to_extra_info()  # every key, null where unknown
+    documented = documented_keys()
+    assert len(documented) == len(set(documented)), "a key documented twice"
+    assert set(documented) == set(saved), (set(saved) - set(documented), set(documented) - set(saved))
+    page = (Path(__file__).parent.parent / "docs" / "metrics.md").read_text()
+    assert record_keys_markdown() in page, "docs/metrics.md is stale: python -m pytest_dlmbench.record_keys"
 
 
 def test_the_options_page_is_generated_from_the_options_table():
