@@ -40,13 +40,13 @@ RECORD_KEYS: tuple[tuple[tuple[str, ...], str], ...] = (
                                                        "that row committed in"),
     (("token_agreement",), "share of generated tokens equal to the baseline strategy's on the same point, whenever "
                            "the session selects that baseline; null for baselines and where it is not selected"),
-    (("tokens_generated", "tokens_per_s_counts"), "batch × gen_len: the count `tokens_per_s` divides by the "
+    (("tokens_generated", "tokens_per_s_counts"), "batch x gen_len: the count `tokens_per_s` divides by the "
                                                   "latency, and that count's name"),
-    (("tokens_decoded",), "batch × the positions the decoder filled past the prompt: block diffusion at the "
+    (("tokens_decoded",), "batch x the positions the decoder filled past the prompt: block diffusion at the "
                           "`reference` fidelity decodes the last block whole, as Fast-dLLM v2 does; equal to "
                           "`tokens_generated` elsewhere"),
     (("latency_s",), "median wall time of one whole generation (prefill included), device-synchronized"),
-    (("tokens_per_s",), "batch × gen_len / `latency_s`"),
+    (("tokens_per_s",), "batch x gen_len / `latency_s`"),
     (("nfe",), "model forward passes per generation, prefill included"),
     (("ms_per_forward", "prefill_ms"), "mean device time (CUDA events) of the non-prefill forwards, and of the "
                                        "prefill forward (null where there is none)"),
@@ -66,7 +66,7 @@ RECORD_KEYS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("prompt_source",), "`synthetic` or `gsm8k`"),
     (("flops_per_forward", "bytes_per_forward"), "analytic means over the generation's forwards (docs/roofline.md)"),
     (PER_KIND, "the same, and their ratio, per forward kind"),
-    (("flops_per_token", "flops_total", "bytes_total"), "per generated token (batch × gen_len) and for the whole "
+    (("flops_per_token", "flops_total", "bytes_total"), "per generated token (batch x gen_len) and for the whole "
                                                         "generation"),
     (("arithmetic_intensity",), "FLOPs / bytes"),
     (("ai_paper_flop_per_element", "ai_paper_formula"), "the first seed paper's Appendix A closed form (eqs. 11-13) "

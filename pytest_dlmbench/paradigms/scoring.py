@@ -58,8 +58,9 @@ class Scoring:
         logits, and the `scored` rows among them (indices, or k for the last k; None: the logits
         are the scored rows, in order)."""
         if self.all_logits:
-            return runtime.forward(ids, start, ids.shape[1], cache, keep, attention, block_size), scored
-        return runtime.forward(ids, start, scored, cache, keep, attention, block_size), None
+            return runtime.forward(ids, start, ids.shape[1], cache, keep, attention=attention,
+                                   block_size=block_size), scored
+        return runtime.forward(ids, start, scored, cache, keep, attention=attention, block_size=block_size), None
 
     def scoring_bytes(self) -> int | None:
         """Memory per (softmax row, vocab entry) beyond the logits while scoring: the published
