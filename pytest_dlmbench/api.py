@@ -39,6 +39,7 @@ from pytest_dlmbench.runtimes import RUNTIMES, KVCache, Runtime, RuntimeClass
 P = TypeVar("P", bound="type[Paradigm]")
 R = TypeVar("R", bound=RuntimeClass)
 
+
 def _caller() -> str:
     return str(sys._getframe(2).f_globals.get("__name__", "__main__"))
 
