@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -35,6 +37,8 @@ from pytest_dlmbench.store import (
     missing_shards,
 )
 
+COMPARE_FORMATS = ("text", "md", "json")
+
 
 def _rule(text: str) -> GateRule:
     try:
@@ -62,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
                              + DEFAULT_GATE[0].replace("%", "%%"))
     compare_cmd.add_argument("--allow-mismatch", action="store_true",
                              help="compare even when GPU or software versions differ")
+    compare_cmd.add_argument("--format", choices=COMPARE_FORMATS, default="text",
+                             help="how the verdict is printed: text (a table), md (markdown, as for a pull request) "
+                             "or json (every verdict and the exit code). In a GitHub Actions job the markdown is also "
+                             "appended to $GITHUB_STEP_SUMMARY, whatever the format")
     report_cmd = commands.add_parser("report", help="Markdown tables and PNG figures for saved runs (overlaid).")
     report_cmd.add_argument("runs", nargs="+", metavar="RUN.json")
     report_cmd.add_argument("--out", required=True, help="folder for report.md and the figures")
@@ -94,15 +102,29 @@ def _compare(args: argparse.Namespace) -> int:
         print(f"error: {error} (in {args.base})", file=sys.stderr)
         return EXIT_BROKEN_INPUT
     verdicts = compare(base.points, new.points, rules)
-    print(verdict_table(verdicts))
     failed = [v for v in verdicts if v.fails]
-    print(f"\n{len(failed)} regression(s) under {', '.join(rule.describe() for rule in rules)}")
-    if failed:
-        return EXIT_REGRESSION
-    if not compared_points(verdicts):
+    summary = f"{len(failed)} regression(s) under {', '.join(rule.describe() for rule in rules)}"
+    compared = compared_points(verdicts)
+    code = EXIT_REGRESSION if failed else 0 if compared else EXIT_NOTHING_COMPARED
+    markdown = (f"## dlmbench compare\n\n`{args.new}` against `{args.base}`: **{summary}**\n\n"
+                f"{verdict_table(verdicts, 'github')}\n")
+    if args.format == "json":
+        print(json.dumps({"base": args.base, "new": args.new, "rules": [rule.describe() for rule in rules],
+                          "regressions": len(failed), "compared_points": compared, "exit_code": code,
+                          "verdicts": [dataclasses.asdict(verdict) for verdict in verdicts]}, indent=2))
+    else:
+        print(markdown if args.format == "md" else f"{verdict_table(verdicts)}\n\n{summary}")
+    summary_file = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary_file:
+        try:
+            with open(summary_file, "a", encoding="utf8") as stream:
+                stream.write(markdown + "\n")
+        except OSError as error:
+            print(f"error: GITHUB_STEP_SUMMARY={summary_file}: cannot be appended to ({error.strerror or error})",
+                  file=sys.stderr)
+    if code == EXIT_NOTHING_COMPARED:
         print(f"error: no point of {args.new} matches a point of {args.base}: nothing was compared", file=sys.stderr)
-        return EXIT_NOTHING_COMPARED
-    return 0
+    return code
 
 
 def _noise(args: argparse.Namespace) -> int:

@@ -263,10 +263,10 @@ def compared_points(verdicts: list[Verdict]) -> int:
     return len({verdict.point for verdict in verdicts if verdict.verdict not in UNMATCHED})
 
 
-def verdict_table(verdicts: list[Verdict]) -> str:
+def verdict_table(verdicts: list[Verdict], tablefmt: str = "simple") -> str:
     rows = [(v.point, v.metric, v.baseline, v.current, v.change, v.verdict) for v in verdicts]
     return tabulate(rows, headers=("point", "metric", "baseline", "current", "change", "verdict"), floatfmt=".4g",
-                    missingval="-")
+                    missingval="-", tablefmt=tablefmt)
 
 
 @dataclass(frozen=True)

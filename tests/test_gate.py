@@ -143,6 +143,30 @@ def test_compressed_runs_compare_like_plain_ones_and_a_damaged_one_is_a_clear_er
         load_run(damaged)
 
 
+def test_compare_writes_its_verdict_as_markdown_and_json_and_to_a_github_job_summary(tmp_path, capsys, monkeypatch):
+    base = write_run(tmp_path / "base.json", {"t[p]": point([1.0, 1.01, 0.99, 1.0, 1.0])})
+    slow = write_run(tmp_path / "slow.json", {"t[p]": point([1.3, 1.31, 1.29, 1.3, 1.3])})
+    job_summary = tmp_path / "summary.md"
+    job_summary.write_text("earlier step\n")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(job_summary))
+    assert main(["compare", str(base), str(slow), "--format", "md"]) == 1
+    markdown = capsys.readouterr().out
+    assert "| point " in markdown and "| t[p] " in markdown and "regression |" in markdown
+    assert "**1 regression(s) under tokens_per_s:5%**" in markdown
+    assert main(["compare", str(base), str(base), "--format", "json"]) == 0
+    verdict = json.loads(capsys.readouterr().out)
+    assert (verdict["regressions"], verdict["compared_points"], verdict["exit_code"]) == (0, 1, 0)
+    assert verdict["verdicts"][0]["point"] == "t[p]" and verdict["verdicts"][0]["verdict"] == "ok"
+    assert main(["compare", str(base), str(slow), "--format", "json"]) == 1
+    assert json.loads(capsys.readouterr().out)["verdicts"][0]["verdict"] == "regression"
+    summary = job_summary.read_text()  # appended by every compare, whatever its format
+    assert summary.startswith("earlier step\n") and summary.count("## dlmbench compare") == 3
+    assert summary.count("**1 regression(s)") == 2 and summary.count("**0 regression(s)") == 1
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compare", str(base), str(slow), "--format", "html"])
+    assert exit_info.value.code == 2 and "invalid choice: 'html'" in capsys.readouterr().err
+
+
 def test_cli_compare_and_noise(tmp_path, capsys):
     base = write_run(tmp_path / "base.json", {"t[p]": point([1.0, 1.01, 0.99, 1.0, 1.0])})
     slow = write_run(tmp_path / "slow.json", {"t[p]": point([1.3, 1.31, 1.29, 1.3, 1.3])})
