@@ -165,6 +165,22 @@ class MemoryReport:
     state_end: dict[str, Any] | None = None  # device_state() when it ended
 
 
+@dataclass(frozen=True)
+class EnergyReading:
+    """Device-wide energy over one window (NVML's total-energy counter); null with the reason."""
+
+    joules: float | None = None
+    window_s: float | None = None
+    reason: str | None = None  # why `joules` is null
+
+
+def percentile(values: list[float], share: float) -> float | None:
+    """The `share` quantile (0..1), linearly interpolated; None for no values."""
+    import numpy
+
+    return float(numpy.percentile(values, share * 100)) if values else None
+
+
 def step_times_ms(forward_ms: dict[str, list[float]]) -> list[float]:
     """The forwards that make up the decoding steps: every kind but the prefill."""
     return [ms for kind, values in forward_ms.items() if kind != "prefill" for ms in values]
@@ -228,6 +244,17 @@ class PointMetrics:
     clock_event_reasons_start: tuple[str, ...] | None = None
     clock_event_reasons_end: tuple[str, ...] | None = None
     other_processes_bytes: int | None = None
+    # latency as a request feels it, over every row of every timed round
+    ttft_s: float | None = None  # median time to the forward that committed a row's first token
+    request_latency_p50_s: float | None = None  # to the forward that committed a row's last token
+    request_latency_p90_s: float | None = None
+    request_latency_p99_s: float | None = None
+    # energy of the timed rounds (NVML, device-wide)
+    energy_j: float | None = None
+    joules_per_token: float | None = None  # energy_j / (tokens_generated * rounds)
+    tokens_per_joule: float | None = None
+    mean_power_w: float | None = None  # energy_j / the rounds' wall time
+    energy_reason: str | None = None  # why the energy keys are null
     # roofline.py's keys and ai_paper_flop_per_element, saved flat
     roofline: dict[str, Any] = dataclasses.field(default_factory=dict)
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)  # further keys, saved flat (e.g. a boundary search)
@@ -248,11 +275,19 @@ class PointMetrics:
         capture_s: float | None = None,
         runtime_agreement: float | None = None,
         extra: dict[str, Any] | None = None,
+        first_token_s: list[float] | None = None,
+        request_latency_s: list[float] | None = None,
+        energy: EnergyReading | None = None,
     ) -> PointMetrics:
         """Derive every rate from raw readings of one point; `describe` carries what the decoder
         adds to the labels (`block_size`, `steps`, acceptance, `predicted_peak_bytes`);
-        `decoded_len`: positions per row the decoder filled, where more than gen_len."""
+        `decoded_len`: positions per row the decoder filled, where more than gen_len;
+        `first_token_s`, `request_latency_s`: one per row and round."""
         point = labels.point
+        energy = energy or EnergyReading(reason="not measured")
+        requests = request_latency_s or []
+        joules = energy.joules
+        spent_tokens = point.batch_size * point.gen_len * len(latencies_s)
         latency = statistics.median(latencies_s) if latencies_s else None
         predicted = describe.get("predicted_peak_bytes")
         measured = memory.peak_allocated_bytes
@@ -283,6 +318,15 @@ class PointMetrics:
             capture_s=capture_s,
             runtime_agreement=runtime_agreement,
             measured_to_predicted=measured / predicted if measured and predicted else None,
+            ttft_s=statistics.median(first_token_s) if first_token_s else None,
+            request_latency_p50_s=percentile(requests, 0.5),
+            request_latency_p90_s=percentile(requests, 0.9),
+            request_latency_p99_s=percentile(requests, 0.99),
+            energy_j=joules,
+            joules_per_token=joules / spent_tokens if joules and spent_tokens else None,
+            tokens_per_joule=spent_tokens / joules if joules else None,
+            mean_power_w=joules / energy.window_s if joules and energy.window_s else None,
+            energy_reason=energy.reason,
             extra=dict(extra or {}),
             **UNDESCRIBED | describe,
         )

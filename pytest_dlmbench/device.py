@@ -8,7 +8,7 @@ import gc
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -119,3 +119,17 @@ def total_memory_bytes(device: torch.device) -> int:
     import torch
 
     return int(torch.cuda.get_device_properties(device).total_memory)
+
+
+def nvml_device(device: torch.device) -> Any:
+    """The NVML handle of a torch CUDA device (matched by UUID); raises where NVML is unusable."""
+    import pynvml
+    import torch
+
+    pynvml.nvmlInit()
+    uuid = str(torch.cuda.get_device_properties(device).uuid)
+    uuid = uuid if uuid.startswith("GPU-") else f"GPU-{uuid}"
+    try:
+        return pynvml.nvmlDeviceGetHandleByUUID(uuid)
+    except pynvml.NVMLError:
+        return pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)

@@ -14,7 +14,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from pytest_dlmbench.core import MemoryReport
-from pytest_dlmbench.device import allocator_peaks, is_cuda, release, reset_peaks, rss_bytes, synchronize
+from pytest_dlmbench.device import allocator_peaks, is_cuda, nvml_device, release, reset_peaks, rss_bytes, synchronize
 
 if TYPE_CHECKING:
     import torch
@@ -53,18 +53,9 @@ def device_state(handle: Any) -> dict[str, Any]:
 
 
 def nvml_handle(device: torch.device) -> Any | None:
-    """The NVML handle of a torch CUDA device (matched by UUID), or None with a warning."""
+    """The NVML handle of a torch CUDA device, or None with a warning."""
     try:
-        import pynvml
-        import torch
-
-        pynvml.nvmlInit()
-        uuid = str(torch.cuda.get_device_properties(device).uuid)
-        uuid = uuid if uuid.startswith("GPU-") else f"GPU-{uuid}"
-        try:
-            return pynvml.nvmlDeviceGetHandleByUUID(uuid)
-        except pynvml.NVMLError:
-            return pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)
+        return nvml_device(device)
     except Exception as error:  # NVML absent, driver mismatch, no permission...
         warnings.warn(f"NVML unavailable, device memory readings will be null: {error}", MemoryWarning, stacklevel=2)
         return None

@@ -9,7 +9,7 @@ import statistics
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pytest_dlmbench.core import MemoryReport, PointLabels, PointMetrics
+from pytest_dlmbench.core import EnergyReading, MemoryReport, PointLabels, PointMetrics
 from pytest_dlmbench.memory_model import Phase, predicted_peak_bytes
 from pytest_dlmbench.roofline import Peaks, empty_roofline, paper_formula, roofline_fields
 
@@ -46,6 +46,18 @@ class Measurement:
     memory: MemoryReport
     warmup_rounds: int = 0
     capture_s: float | None = None  # the runtime's capture time, all untimed runs together
+    energy: EnergyReading | None = None  # over the timed rounds
+
+
+def request_times(results: list[GenerationResult], latencies_s: list[float]) -> tuple[list[float], list[float]]:
+    """Per row of every round: seconds to its first committed token, and to its last (where the
+    decoder logged no forward, every row waits for the whole round and the first is unknown)."""
+    first: list[float] = []
+    last: list[float] = []
+    for result, round_s in zip(results, latencies_s):
+        first.extend(ms / 1e3 for ms in result.first_token_ms)
+        last.extend([ms / 1e3 for ms in result.last_token_ms] or [round_s] * result.tokens.shape[0])
+    return first, last
 
 
 def timed_record(labels: PointLabels, describe: dict[str, Any], measurement: Measurement, decoder: Decoder | None,
@@ -61,11 +73,12 @@ def timed_record(labels: PointLabels, describe: dict[str, Any], measurement: Mea
     if decoder is not None and decoder.paradigm is None and last.shapes:  # a user's: from its forwards
         describe = describe | {"predicted_peak_bytes": predicted_peak_bytes(
             decoder.spec, phases_of(last.shapes), point.batch_size, labels.dtype, decoder.concatenating)}
+    first_token_s, request_latency_s = request_times(results, measurement.latencies_s)
     record = PointMetrics.from_run(
         labels, describe=describe, latencies_s=measurement.latencies_s, nfe=last.nfe or None, forward_ms=forward_ms,
         memory=measurement.memory, warmup_rounds=measurement.warmup_rounds, decoded_len=last.decoded_len,
         token_agreement=token_agreement, runtime_agreement=runtime_agreement, capture_s=measurement.capture_s,
-        extra=extra,
+        extra=extra, first_token_s=first_token_s, request_latency_s=request_latency_s, energy=measurement.energy,
     )
     if last.row_nfe and all(last.row_nfe):
         record = dataclasses.replace(record, row_tokens_per_forward=statistics.fmean(

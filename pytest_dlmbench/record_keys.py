@@ -47,6 +47,17 @@ RECORD_KEYS: tuple[tuple[tuple[str, ...], str], ...] = (
                           "`tokens_generated` elsewhere"),
     (("latency_s",), "median wall time of one whole generation (prefill included), device-synchronized"),
     (("tokens_per_s",), "batch x gen_len / `latency_s`"),
+    (("ttft_s",), "time to first token: median over every row of every timed round of the time from the "
+                  "generation's start to the end of the forward that committed the row's first token (device "
+                  "events); null where the decoder logged no forward"),
+    (("request_latency_p50_s", "request_latency_p90_s", "request_latency_p99_s"),
+     "per-request latency percentiles over every row of every timed round: the time to the end of the forward "
+     "that committed the row's last token (a row whose decoder logged no forward waits for the whole round)"),
+    (("energy_j", "joules_per_token", "tokens_per_joule", "mean_power_w"), "device-wide energy of the timed rounds "
+     "from NVML's total-energy counter, per generated token (batch x gen_len x rounds), its inverse, and the "
+     "rounds' mean power"),
+    (("energy_reason",), "why the energy keys are null (no NVIDIA GPU, NVML or its counter absent, or a counter "
+                         "that did not advance over the rounds); null when measured"),
     (("nfe",), "model forward passes per generation, prefill included"),
     (("ms_per_forward", "prefill_ms"), "mean device time (CUDA events) of the non-prefill forwards, and of the "
                                        "prefill forward (null where there is none)"),

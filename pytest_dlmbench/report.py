@@ -34,7 +34,8 @@ def summary_table(results: Iterable[PointMetrics]) -> str:
 # ---- `dlmbench report`: markdown tables and figures from saved runs -------------------------
 
 REPORT_HEADERS = ("run", "paradigm", "strategy", "runtime", "fidelity", "model", "prompt", "gen", "batch", "status",
-                  "tok/s", "ms/forward", "NFE", "TPF", "row TPF", "peak GiB", "AI (FLOP/B)", "paper AI (FLOP/element)",
+                  "tok/s", "tok/J", "TTFT ms", "p99 ms", "ms/forward", "NFE", "TPF", "row TPF", "peak GiB",
+                  "AI (FLOP/B)", "paper AI (FLOP/element)",
                   "TFLOP/s", "roofline %", "bound")
 
 
@@ -56,10 +57,14 @@ def report_table(points: list[dict[str, Any]]) -> str:
     def gib(value: Any) -> float | None:
         return None if value is None else value / 2**30
 
+    def ms(value: Any) -> float | None:
+        return None if value is None else value * 1e3
+
     rows = sorted(
         ((p["run"], p["paradigm"], p.get("strategy", "baseline"), p["runtime"], p["fidelity"], p["model"],
           p["prompt_len"], p["gen_len"], p["batch_size"], p.get("status", "ok"), p.get("tokens_per_s"),
-          p.get("ms_per_forward"), p.get("nfe"), p.get("tokens_per_forward"), p.get("row_tokens_per_forward"),
+          p.get("tokens_per_joule"), ms(p.get("ttft_s")), ms(p.get("request_latency_p99_s")), p.get("ms_per_forward"),
+          p.get("nfe"), p.get("tokens_per_forward"), p.get("row_tokens_per_forward"),
           gib(p.get("peak_mem_allocated_bytes") or p.get("peak_rss_bytes")), p.get("arithmetic_intensity"),
           p.get("ai_paper_flop_per_element", p.get("ai_paper")), p.get("achieved_tflops"),
           None if p.get("roofline_fraction") is None else 100 * p["roofline_fraction"], p.get("bound"))
@@ -314,6 +319,8 @@ def write_report(run_paths: list[str], out: str | Path) -> list[Path]:
         report_table(points), "",
         "AI: analytic arithmetic intensity of the whole generation, in FLOP per byte (the roofline's unit); paper AI: "
         f"the seed paper's Appendix A closed form as published (none for caching strategies): {PAPER_AI_CAVEAT}; "
+        "tok/J: tokens per joule of the whole GPU (NVML); TTFT and p99: a request's time to its first committed token "
+        "(median) and its latency's 99th percentile (docs/metrics.md); "
         "row TPF: the mean over rows of gen / the forwards each row committed in; roofline %: measured tokens/s over "
         "the roofline-attainable tokens/s.",
     ]

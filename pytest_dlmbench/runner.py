@@ -27,7 +27,8 @@ from pytest_dlmbench.core import (
     PointLabels,
     PointMetrics,
 )
-from pytest_dlmbench.device import synchronize
+from pytest_dlmbench.device import release, synchronize
+from pytest_dlmbench.energy import EnergyMeter
 from pytest_dlmbench.memory import MemoryTracker, is_out_of_memory, memory_now, release_memory
 from pytest_dlmbench.memory_model import predicted_peak_bytes
 from pytest_dlmbench.models import MODEL_SPECS
@@ -183,12 +184,16 @@ class PointRunner:
                                                                  runtime.concatenates),
                     **paradigm.describe(spec, point.gen_len)}
 
-        def run(decoder: Paradigm, log: ForwardLog) -> GenerationResult:
-            return decoder.generate(runtime, spec, prompt_ids, point.gen_len, log)
+        def run(decoder: Paradigm, log: ForwardLog, on: Runtime = runtime) -> GenerationResult:
+            return decoder.generate(on, spec, prompt_ids, point.gen_len, log)
 
-        def prime() -> None:  # a few forwards absorb the process's CUDA/cuBLAS start-up, untimed
+        def prime() -> None:
+            """A few forwards absorb the process's CUDA/cuBLAS start-up, untimed, on a throwaway
+            runtime: the point's own graphs are captured in its tracked warm-up, like every later
+            point's, so the first point of a model counts their memory too."""
             with contextlib.suppress(ForwardLimitReached):
-                run(paradigm, ForwardLog(RegionTimer(device), limit=4))
+                run(paradigm, ForwardLog(RegionTimer(device), limit=4), make_runtime(point.runtime, model))
+            release(device)
 
         def baseline_tokens() -> torch.Tensor:
             baseline = paradigm_for(point, settings, labels.weights, "baseline")
@@ -248,7 +253,8 @@ class PointRunner:
                 return result
 
             tracker = MemoryTracker(device) if settings.warmup == 0 else None
-            with tracker or nullcontext():
+            energy = EnergyMeter(device)
+            with tracker or nullcontext(), energy:
                 self.benchmark.pedantic(timed_round, setup=lambda: synchronize(device), rounds=rounds,
                                         iterations=1, warmup_rounds=0)
             if tracker is not None:
@@ -258,7 +264,7 @@ class PointRunner:
             warnings.warn(f"{progress.label}: a forward shape was first captured in a timed round (its capture, "
                           f"{(capture_s or 0.0) - (captured_s or 0.0):.2f} s, is in that round's time)", CaptureWarning,
                           stacklevel=2)
-        return Measurement(results, latencies, memory, settings.warmup, capture_s)
+        return Measurement(results, latencies, memory, settings.warmup, capture_s, energy.reading)
 
     def _user_plan(self, point: BenchPoint, generate: GenerateFn, vocab_size: int | None,
                    progress: Progress) -> PointPlan:

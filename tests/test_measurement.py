@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -9,10 +10,12 @@ import torch
 
 from pytest_dlmbench import __version__
 from pytest_dlmbench.cli import main
-from pytest_dlmbench.core import BenchPoint, PointLabels
+from pytest_dlmbench.core import BenchPoint, EnergyReading, PointLabels
+from pytest_dlmbench.energy import EnergyMeter
 from pytest_dlmbench.grid import GRIDS, select_points
 from pytest_dlmbench.memory import MemoryReport, MemoryTracker, MemoryWarning, nvml_handle
 from pytest_dlmbench.core import PointMetrics
+from pytest_dlmbench.paradigms.base import commit_times
 from pytest_dlmbench.runner import Progress
 from pytest_dlmbench.timing import RegionTimer
 
@@ -112,3 +115,97 @@ def test_device_state_reads_clocks_reasons_and_other_processes(monkeypatch):
     fields = device_state_fields(MemoryReport(state_start=state, state_end=state))
     assert fields["clock_event_reasons_end"] == ("sw_power_cap", "hw_thermal_slowdown")
     assert fields["sm_clock_mhz_start"] == 1980 and fields["other_processes_bytes"] == 2**30
+
+
+def test_region_timer_says_when_each_region_ended():
+    timer = RegionTimer(CPU)
+    time.sleep(0.02)
+    with timer.region("prefill"):
+        time.sleep(0.01)
+    with timer.region("decode"):
+        pass
+    ends = timer.ends_ms()
+    assert len(ends) == 2 and ends[0] >= 30 and ends[1] >= ends[0]
+    assert timer.ends_ms() == ends  # read again, unchanged
+
+
+def test_commit_times_are_each_rows_first_and_last_committing_forward():
+    committing = torch.tensor([[True, False], [False, False], [True, True], [False, True]])  # (steps, batch)
+    first, last = commit_times(committing, step_forwards=[1, 2, 4, 5], ends_ms=[1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    assert first == [2.0, 5.0] and last == [5.0, 6.0]
+
+
+def test_energy_meter_reads_the_counter_over_its_body():
+    readings = iter([1_000, 3_500])
+    with EnergyMeter(CPU, counter=lambda: next(readings)) as meter:
+        pass
+    assert meter.reading.joules == 2.5 and meter.reading.reason is None and meter.reading.window_s >= 0
+
+
+def test_energy_is_null_with_the_reason_where_it_cannot_be_read(monkeypatch):
+    with EnergyMeter(CPU) as meter:
+        pass
+    assert meter.reading.joules is None and "no energy counter on cpu" in meter.reading.reason
+    with EnergyMeter(CPU, counter=lambda: 7) as meter:
+        pass
+    assert meter.reading.joules is None and "did not advance" in meter.reading.reason
+    import pynvml
+
+    def unsupported(handle: object) -> int:
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+
+    monkeypatch.setattr("pytest_dlmbench.energy.nvml_device", lambda device: object())
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetTotalEnergyConsumption", unsupported)
+    monkeypatch.setattr("pytest_dlmbench.energy.synchronize", lambda device: None)
+    with EnergyMeter(torch.device("cuda", 0)) as meter:
+        pass
+    assert meter.reading.joules is None and "counter unavailable: NVMLError" in meter.reading.reason
+
+
+def test_energy_per_token_counts_every_round():
+    labels = PointLabels(BenchPoint("ar", "tiny-ar", 8, 16, 4), "random", "fp32", "cpu")
+    metrics = PointMetrics.from_run(labels, describe={}, latencies_s=[1.0, 1.0], nfe=16, forward_ms={},
+                                    memory=MemoryReport(), warmup_rounds=1,
+                                    energy=EnergyReading(joules=64.0, window_s=2.0))
+    assert metrics.joules_per_token == 64.0 / (4 * 16 * 2) and metrics.tokens_per_joule == 2.0
+    assert metrics.mean_power_w == 32.0 and metrics.energy_reason is None
+
+
+LATENCY = """
+import time
+import torch
+from pytest_dlmbench.core import BenchPoint
+
+def test_logged(dlm_bench):
+    def generate(prompt_ids, log):
+        for kind in ("prefill", "decode", "decode"):
+            with log.forward(kind, 1, 1, 1, "causal", 1):
+                time.sleep(0.05)
+        return torch.zeros(prompt_ids.shape[0], 3, dtype=torch.long)
+    dlm_bench(BenchPoint("mine", "m", 4, 3, 2), generate=generate, vocab_size=50)
+
+def test_unlogged(dlm_bench):
+    dlm_bench(BenchPoint("plain", "m", 4, 3, 2), generate=lambda ids: torch.zeros(2, 3, dtype=torch.long),
+              vocab_size=50)
+
+def test_dlm(dlm_bench):
+    dlm_bench(BenchPoint("dlm", "tiny-dlm", 8, 32, 4, strategy="parallel"))
+"""
+
+
+def test_points_record_time_to_first_token_and_request_latency_percentiles(pytester):
+    pytester.makepyfile(test_latency=LATENCY)
+    result = pytester.runpytest("--dlm-rounds=3", "--dlm-tpf=4", "--benchmark-json=run.json", "-p",
+                                "no:cacheprovider")
+    result.assert_outcomes(passed=3)
+    runs = {b["name"]: b["extra_info"] for b in json.loads((pytester.path / "run.json").read_text())["benchmarks"]}
+    logged, unlogged, dlm = runs["test_logged"], runs["test_unlogged"], runs["test_dlm"]
+    # the first token is out after the first of three 50 ms forwards, the request after the third
+    assert 0.05 <= logged["ttft_s"] < logged["request_latency_p50_s"] and logged["request_latency_p50_s"] >= 0.15
+    assert logged["request_latency_p99_s"] <= max(logged["round_latencies_s"])
+    assert unlogged["ttft_s"] is None
+    assert unlogged["request_latency_p50_s"] == pytest.approx(sorted(unlogged["round_latencies_s"])[1])
+    assert 0 < dlm["ttft_s"] < dlm["request_latency_p50_s"] <= dlm["request_latency_p90_s"]
+    assert dlm["request_latency_p90_s"] <= dlm["request_latency_p99_s"] <= max(dlm["round_latencies_s"])
+    for info in runs.values():
+        assert info["energy_j"] is None and info["tokens_per_joule"] is None and "cpu" in info["energy_reason"]

@@ -112,6 +112,7 @@ def test_report_from_a_saved_smoke_run(pytester, tmp_path):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     markdown = (tmp_path / "report" / "report.md").read_text()
     assert "1:run" in markdown and "2:run" in markdown and "dual_cache" in markdown and "![roofline]" in markdown
+    assert all(f" {column} " in markdown for column in ("tok/J", "TTFT ms", "p99 ms"))
 
 
 def test_measured_ceilings_are_positive_rates():

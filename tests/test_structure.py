@@ -28,7 +28,7 @@ LAYERS = (
      "integrations.transformers"},
     {"device", "models", "gate", "journal", "prompts", "runtimes.base", "trace", "extensions"},
     {"runtimes.fused", "runtimes.decode_attention"},
-    {"timing", "memory", "memory_model", "store", "loader", "machine", "runtimes.eager", "runtimes.graphs",
+    {"timing", "memory", "energy", "memory_model", "store", "loader", "machine", "runtimes.eager", "runtimes.graphs",
      "paradigms.scoring"},
     {"runtimes", "paradigms.acceptance"},
     {"paradigms.base", "report"},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -67,6 +68,10 @@ class GenerationResult:
     commits: tuple[tuple[tuple[int, ...], ...], ...] = ()  # per (span, step, row): positions committed
     row_nfe: tuple[int, ...] = ()  # per row: the forwards it needed (nfe minus its steps that committed nothing)
     decoded_len: int | None = None  # per row: positions decoded past the prompt, where more than gen_len
+    # per row, ms from the generation's start to the end of the forward that committed its first
+    # (last) token; empty where no forward was logged
+    first_token_ms: tuple[float, ...] = ()
+    last_token_ms: tuple[float, ...] = ()
 
 
 class ForwardLimitReached(Exception):
@@ -83,11 +88,13 @@ class ForwardLog:
     limit: int | None = None  # stop the generation after this many forwards
     shapes: list[ForwardShape] = field(default_factory=list)
     steps: list[tuple[int, torch.Tensor]] = field(default_factory=list)  # (span, commits per row) per step
+    step_forwards: list[int] = field(default_factory=list)  # per step: the index of the forward it committed from
 
     def committed(self, span: int, per_row: torch.Tensor, softmax_rows: int, softmax_bytes: int) -> None:
         """Record a step's commits per row, (batch,) on the device (read once, at the end), and what
         scoring the last forward's logits moved."""
         self.steps.append((span, per_row))
+        self.step_forwards.append(self.nfe - 1)
         self.shapes[-1] = dataclasses.replace(self.shapes[-1], softmax_rows=softmax_rows, softmax_bytes=softmax_bytes)
 
     @contextmanager
@@ -109,17 +116,37 @@ class ForwardLog:
         it decoded past gen_len (a padded last block)."""
         import torch
 
+        batch = tokens.shape[0]
         commits: dict[int, list[tuple[int, ...]]] = {}
-        idle = [0] * tokens.shape[0]  # per row: steps that committed nothing
+        idle = [0] * batch  # per row: steps that committed nothing
+        ends = self.timer.ends_ms()  # (nfe,) when each forward ended
+        # without logged commits, each forward commits a token of every row (autoregressive)
+        first, last = ([ends[0]] * batch, [ends[-1]] * batch) if ends else ([], [])
         if self.steps:
             per_step = torch.stack([per_row for _, per_row in self.steps])  # (steps, batch)
             idle = (per_step == 0).sum(dim=0).tolist()
             for (span, _), row_counts in zip(self.steps, per_step.tolist()):
                 commits.setdefault(span, []).append(tuple(row_counts))
+            first, last = commit_times(per_step.cpu() > 0, self.step_forwards, ends)
         spans = tuple(tuple(commits.get(span, ())) for span in range(max(commits, default=-1) + 1))
         return GenerationResult(tokens=tokens, nfe=self.nfe, forward_ms=self.timer.read(), shapes=tuple(self.shapes),
                                 commits=spans, row_nfe=tuple(self.nfe - count for count in idle),
-                                decoded_len=decoded_len)
+                                decoded_len=decoded_len, first_token_ms=tuple(first), last_token_ms=tuple(last))
+
+
+def commit_times(committing: torch.Tensor, step_forwards: list[int], ends_ms: list[float]) -> tuple[list[float],
+                                                                                                     list[float]]:
+    """Per row, when the forward of its first and of its last committing step ended (ms);
+    `committing` (steps, batch) is True where the step committed a token of the row."""
+    import torch
+
+    steps = committing.shape[0]
+    order = torch.arange(steps).unsqueeze(1)  # (steps, 1)
+    first = torch.where(committing, order, steps).min(dim=0).values.tolist()  # (batch,) step index
+    last = torch.where(committing, order, -1).max(dim=0).values.tolist()
+    at = [ends_ms[forward] for forward in step_forwards]  # (steps,) ms
+    return [at[step] if step < steps else math.nan for step in first], [at[step] if step >= 0 else math.nan
+                                                                         for step in last]
 
 
 class Paradigm(Protocol):
