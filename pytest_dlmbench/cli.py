@@ -7,10 +7,13 @@ import dataclasses
 import json
 import os
 import sys
+import tempfile
 import traceback
 from collections.abc import Sequence
+from pathlib import Path
 
 from pytest_dlmbench import __version__
+from pytest_dlmbench.ab import ORDERS, ABError, checkout, remove_checkout, run_interleaved
 from pytest_dlmbench.gate import (
     DEFAULT_GATE,
     EXIT_BROKEN_INPUT,
@@ -19,11 +22,13 @@ from pytest_dlmbench.gate import (
     EXIT_REGRESSION,
     GateError,
     GateRule,
+    Verdict,
     check_rules,
     compare,
     compared_points,
     noise,
     noise_table,
+    paired_compare,
     recommended_threshold,
     verdict_table,
 )
@@ -70,6 +75,25 @@ def build_parser() -> argparse.ArgumentParser:
                              help="how the verdict is printed: text (a table), md (markdown, as for a pull request) "
                              "or json (every verdict and the exit code). In a GitHub Actions job the markdown is also "
                              "appended to $GITHUB_STEP_SUMMARY, whatever the format")
+    ab_cmd = commands.add_parser(
+        "ab", usage="dlmbench ab BASE CANDIDATE [options] [-- PYTEST_ARGS ...]",
+        epilog="PYTEST_ARGS: what each invocation runs, the same on both sides (default: benchmarks).", help="Interleaved A/B: BASE and CANDIDATE measured in alternating runs on this machine, gated on "
+                   "the pairs.",
+        description="Run the benchmarks of BASE and CANDIDATE (git refs of --repo, or folders) in alternating "
+                    "whole pytest invocations on this machine, then gate the candidate on the pairs' differences "
+                    "(a paired t-test on log ratios, Holm-corrected over the points). Exit codes as compare's.")
+    ab_cmd.add_argument("base", help="git ref (checked out into a temporary worktree) or folder of the base tree")
+    ab_cmd.add_argument("candidate", help="git ref or folder of the candidate tree")
+    ab_cmd.add_argument("--pairs", type=_positive, default=5, help="pairs of invocations (default 5)")
+    ab_cmd.add_argument("--order", choices=ORDERS, default="abba",
+                        help="abba: A B, B A, A B, ... (default); random: a seeded coin orders each pair")
+    ab_cmd.add_argument("--seed", type=int, default=0, help="the coin's seed for --order=random")
+    ab_cmd.add_argument("--repo", default=".", help="the git repository the refs name (default: .)")
+    ab_cmd.add_argument("--out", default="dlmbench-ab", help="folder for every invocation's run and log, and "
+                        "ab.json (default: dlmbench-ab)")
+    ab_cmd.add_argument("--gate", type=_rule, action="append", metavar="METRIC:THRESHOLD",
+                        help="rule, repeatable (default: " + DEFAULT_GATE[0].replace("%", "%%") + ")")
+    ab_cmd.add_argument("--format", choices=COMPARE_FORMATS, default="text", help="as for compare")
     report_cmd = commands.add_parser("report", help="Markdown tables and PNG figures for saved runs (overlaid).")
     report_cmd.add_argument("runs", nargs="+", metavar="RUN.json")
     report_cmd.add_argument("--out", required=True, help="folder for report.md and the figures")
@@ -87,6 +111,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _positive(text: str) -> int:
+    value = int(text) if text.isdigit() else 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a whole number >= 1")
+    return value
+
+
+def publish(verdicts: list[Verdict], rules: list[GateRule], title: str, fmt: str,
+            document: dict[str, object]) -> int:
+    """Print the verdict as `fmt` (text, md or json, which adds `document`), append its markdown to
+    a GitHub Actions job summary, and return the gate's exit code."""
+    failed = [v for v in verdicts if v.fails]
+    summary = f"{len(failed)} regression(s) under {', '.join(rule.describe() for rule in rules)}"
+    compared = compared_points(verdicts)
+    code = EXIT_REGRESSION if failed else 0 if compared else EXIT_NOTHING_COMPARED
+    markdown = f"## {title}\n\n**{summary}**\n\n{verdict_table(verdicts, 'github')}\n"
+    if fmt == "json":
+        print(json.dumps({**document, "rules": [rule.describe() for rule in rules], "regressions": len(failed),
+                          "compared_points": compared, "exit_code": code,
+                          "verdicts": [dataclasses.asdict(verdict) for verdict in verdicts]}, indent=2))
+    else:
+        print(markdown if fmt == "md" else f"{verdict_table(verdicts)}\n\n{summary}")
+    summary_file = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary_file:
+        try:
+            with open(summary_file, "a", encoding="utf8") as stream:
+                stream.write(markdown + "\n")
+        except OSError as error:
+            print(f"error: GITHUB_STEP_SUMMARY={summary_file}: cannot be appended to ({error.strerror or error})",
+                  file=sys.stderr)
+    return code
+
+
 def _compare(args: argparse.Namespace) -> int:
     base, new = load_run(args.base), load_run(args.new)
     base.check_baseline()
@@ -102,28 +159,51 @@ def _compare(args: argparse.Namespace) -> int:
         print(f"error: {error} (in {args.base})", file=sys.stderr)
         return EXIT_BROKEN_INPUT
     verdicts = compare(base.points, new.points, rules)
-    failed = [v for v in verdicts if v.fails]
-    summary = f"{len(failed)} regression(s) under {', '.join(rule.describe() for rule in rules)}"
-    compared = compared_points(verdicts)
-    code = EXIT_REGRESSION if failed else 0 if compared else EXIT_NOTHING_COMPARED
-    markdown = (f"## dlmbench compare\n\n`{args.new}` against `{args.base}`: **{summary}**\n\n"
-                f"{verdict_table(verdicts, 'github')}\n")
-    if args.format == "json":
-        print(json.dumps({"base": args.base, "new": args.new, "rules": [rule.describe() for rule in rules],
-                          "regressions": len(failed), "compared_points": compared, "exit_code": code,
-                          "verdicts": [dataclasses.asdict(verdict) for verdict in verdicts]}, indent=2))
-    else:
-        print(markdown if args.format == "md" else f"{verdict_table(verdicts)}\n\n{summary}")
-    summary_file = os.environ.get("GITHUB_STEP_SUMMARY")
-    if summary_file:
-        try:
-            with open(summary_file, "a", encoding="utf8") as stream:
-                stream.write(markdown + "\n")
-        except OSError as error:
-            print(f"error: GITHUB_STEP_SUMMARY={summary_file}: cannot be appended to ({error.strerror or error})",
-                  file=sys.stderr)
+    code = publish(verdicts, rules, f"dlmbench compare: `{args.new}` against `{args.base}`", args.format,
+                   {"base": args.base, "new": args.new})
     if code == EXIT_NOTHING_COMPARED:
         print(f"error: no point of {args.new} matches a point of {args.base}: nothing was compared", file=sys.stderr)
+    return code
+
+
+def _ab(args: argparse.Namespace) -> int:
+    repo, out = Path(args.repo).resolve(), Path(args.out).resolve()
+    rules = args.gate or [GateRule.parse(rule) for rule in DEFAULT_GATE]
+    pytest_args = args.pytest_args or ["benchmarks"]
+    checkouts: list[Path] = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="dlmbench-ab-") as scratch:
+            trees = []
+            for name, spec in (("base", args.base), ("candidate", args.candidate)):
+                tree = checkout(spec, repo, Path(scratch) / name)
+                checkouts += [tree] if tree.parent == Path(scratch) else []
+                trees.append(tree)
+            try:
+                say = (lambda line: print(line, file=sys.stderr)) if args.format == "json" else print
+                runs = run_interleaved(trees[0], trees[1], pytest_args, out, args.pairs, args.order, args.seed, say)
+            finally:
+                for tree in checkouts:
+                    remove_checkout(repo, tree)
+    except ABError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BROKEN_INPUT
+    try:
+        check_rules(rules, runs.base[0])
+    except GateError as error:
+        print(f"error: {error} (in the base runs)", file=sys.stderr)
+        return EXIT_BROKEN_INPUT
+    verdicts = paired_compare(runs.base, runs.candidate, rules)
+    document = {"base": args.base, "candidate": args.candidate, "pairs": args.pairs, "order": args.order,
+                "pytest_args": pytest_args,
+                "invocations": [{"side": i.side, "pair": i.pair, "run": i.run.name, "seconds": round(i.seconds, 3)}
+                                for i in runs.invocations]}
+    code = publish(verdicts, rules, f"dlmbench ab: `{args.candidate}` against `{args.base}`, {args.pairs} "
+                   f"interleaved pairs ({args.order})", args.format, document)
+    atomic_write_text(out / "ab.json", json.dumps(
+        {**document, "rules": [rule.describe() for rule in rules], "exit_code": code,
+         "verdicts": [dataclasses.asdict(verdict) for verdict in verdicts]}, indent=2))
+    if code == EXIT_NOTHING_COMPARED:
+        print("error: no point finished in every run of both sides: nothing was compared", file=sys.stderr)
     return code
 
 
@@ -161,12 +241,18 @@ def _report(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    split = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_args(argv[:split])
+    args.pytest_args = argv[split + 1 :]
+    if args.pytest_args and args.command != "ab":
+        parser.error(f"arguments after --: {' '.join(args.pytest_args)}: only `dlmbench ab` passes them to pytest")
     if args.command is None:
         parser.print_help()
         return 0
     try:
-        return {"compare": _compare, "noise": _noise, "merge": _merge, "report": _report}[args.command](args)
+        return {"compare": _compare, "ab": _ab, "noise": _noise, "merge": _merge,
+                "report": _report}[args.command](args)
     except RunFileError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BROKEN_INPUT

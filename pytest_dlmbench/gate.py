@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import re
+import statistics
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -311,3 +312,72 @@ def noise_table(spreads: list[Spread]) -> str:
     rows = [(s.point, s.first, s.second, f"{s.change_pct:+.2f}%",
              "-" if s.round_spread_pct is None else f"{s.round_spread_pct:.2f}%") for s in spreads]
     return tabulate(rows, headers=("point", "run 1", "run 2", "change", "round spread"), floatfmt=".4g")
+
+
+# ---- interleaved A/B: the same points measured in alternating invocations on one machine ----------
+
+
+def paired_worse(base: list[float], new: list[float], direction: int) -> float:
+    """The one-sided p-value of a paired t-test that `new` is worse than `base`, pair by pair, on
+    log ratios (a slowdown by a factor counts alike at every speed); 1 below two pairs."""
+    from scipy.stats import ttest_1samp
+
+    if len(base) < 2:
+        return 1.0
+    gains = [direction * math.log(b / a) for a, b in zip(base, new)]  # > 0: the pair's new run is better
+    if max(gains) == min(gains):  # no spread: the sign decides
+        return 0.0 if gains[0] < 0 else 1.0
+    return float(ttest_1samp(gains, 0.0, alternative="less").pvalue)
+
+
+def paired_judge(point: str, rule: GateRule, base: list[dict[str, Any]], new: list[dict[str, Any]]) -> Verdict:
+    """One rule on one point over its pairs of runs (base[k] and new[k] ran back to back): the
+    change is the geometric mean of the pairs' ratios; beyond the threshold, a latency-derived
+    metric waits for the family (`holm`), another fails on the threshold alone."""
+    def positive(info: dict[str, Any]) -> float | None:
+        value = info.get(rule.metric)
+        return float(value) if isinstance(value, (int, float)) and value > 0 else None
+
+    olds_or_none, news_or_none = [positive(info) for info in base], [positive(info) for info in new]
+    olds, news = [v for v in olds_or_none if v is not None], [v for v in news_or_none if v is not None]
+    if not olds or len(olds) < len(base) or len(news) < len(new):
+        return Verdict(point, rule.metric, base[0].get(rule.metric), new[0].get(rule.metric), "-", "not comparable")
+    pairs = list(zip(olds, news))
+    ratio = math.exp(sum(math.log(b / a) for a, b in zip(olds, news)) / len(pairs))
+    old, current = statistics.median(olds), statistics.median(news)
+    better = rule.direction * ((ratio - 1) * 100 if rule.relative else current - old)
+    change = f"{(ratio - 1) * 100:+.1f}% over {len(pairs)} pairs"
+    sampled = rule.sampled
+    if better > rule.threshold:
+        return Verdict(point, rule.metric, old, current, change, "improved", sampled)
+    if better >= -rule.threshold:
+        return Verdict(point, rule.metric, old, current, change, "ok", sampled)
+    if not sampled:
+        return Verdict(point, rule.metric, old, current, change, "regression")
+    p_value = paired_worse(olds, news, rule.direction)
+    return Verdict(point, rule.metric, old, current, change, PENDING, True, p_value,
+                   0.0 if len(pairs) >= 2 else 1.0)
+
+
+def paired_compare(base: list[dict[str, dict[str, Any]]], new: list[dict[str, dict[str, Any]]],
+                   rules: list[GateRule]) -> list[Verdict]:
+    """Every point of either side judged over the pairs (base[k], new[k]) of runs; a point must
+    have finished in every run of a side to be judged."""
+    verdicts = []
+    for point in sorted({p for run in base + new for p in run}):
+        sides = [[run.get(point) for run in runs] for runs in (base, new)]
+        if not all(sides[0]):
+            verdicts.append(Verdict(point, "-", None, "present", "-", "new"))
+            continue
+        if not all(sides[1]):
+            verdicts.append(Verdict(point, "-", "present", None, "-", "missing"))
+            continue
+        olds, news = ([info for info in side if info is not None] for side in sides)
+        old_statuses, new_statuses = ({info.get("status", "ok") for info in infos} for infos in (olds, news))
+        if not old_statuses | new_statuses <= COMPLETED:
+            old_status, new_status = ",".join(sorted(old_statuses)), ",".join(sorted(new_statuses))
+            verdicts.append(Verdict(point, "status", old_status, new_status, f"{old_status} -> {new_status}",
+                                    "regression" if old_statuses <= COMPLETED else "status"))
+            continue
+        verdicts += [paired_judge(point, rule, olds, news) for rule in rules]
+    return holm(verdicts)

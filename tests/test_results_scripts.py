@@ -15,7 +15,7 @@ ROOT = Path(__file__).parent.parent
 RESULTS = ROOT / "results"
 TINY_CPU = "--dlm-device=cpu --dlm-models=tiny-qwen2 --dlm-prompt=40 --dlm-gen=64 --dlm-batch=1"
 TESTED = {"lib.sh", "new-models/table.py", "new-models/standard.sh", "new-models/profile_kernels.py",
-          "boundary-h100/validate_memory_model.py", "gate-fwer/simulate.py"}
+          "boundary-h100/validate_memory_model.py", "gate-fwer/simulate.py", "ab-cpu/run.sh"}
 
 
 def run(*command: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -62,3 +62,14 @@ def test_the_standard_grid_script_measures_tiny_points_and_keeps_journals(tmp_pa
         assert len((tmp_path / f"{name}.jsonl").read_text().splitlines()) == len(points) + 1  # header + points
     if part == "dlm":
         assert "exit 4" in (tmp_path / "moe-graphs-refused.log").read_text()
+
+
+def test_interleaved_a_b_is_quiet_on_a_a_and_fails_a_2x_slower_candidate(tmp_path):
+    """5 A/A pairs raise no alarm; 3 pairs of a candidate whose forwards take twice as long fail (exit 1)."""
+    run("bash", "results/ab-cpu/run.sh", OUT=str(tmp_path), PAIRS="5", SLOW_PAIRS="3")
+    assert (tmp_path / "exit-codes.txt").read_text().splitlines() == ["a-a exit 0", "2x-slower exit 1"]
+    quiet, slower = (json.loads((tmp_path / name / "ab.json").read_text()) for name in ("a-a", "2x-slower"))
+    assert [i["side"] for i in quiet["invocations"]] == ["A", "B", "B", "A"] * 2 + ["A", "B"]
+    assert len(quiet["verdicts"]) == 2 and {v["verdict"] for v in quiet["verdicts"]} <= {"ok", "improved"}
+    assert [v["verdict"] for v in slower["verdicts"]] == ["regression", "regression"]
+    assert "**2 regression(s) under tokens_per_s:5%**" in (tmp_path / "2x-slower.md").read_text()

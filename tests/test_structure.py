@@ -36,7 +36,7 @@ LAYERS = (
     {"paradigms", "roofline"},
     {"record", "session", "record_keys"},
     {"grid", "runner", "probe", "api"},
-    {"options", "boundary", "workers", "scheduling"},
+    {"options", "boundary", "workers", "scheduling", "ab"},
     {"plugin", "cli"},
 )
 
