@@ -77,8 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "appended to $GITHUB_STEP_SUMMARY, whatever the format")
     ab_cmd = commands.add_parser(
         "ab", usage="dlmbench ab BASE CANDIDATE [options] [-- PYTEST_ARGS ...]",
-        epilog="PYTEST_ARGS: what each invocation runs, the same on both sides (default: benchmarks).", help="Interleaved A/B: BASE and CANDIDATE measured in alternating runs on this machine, gated on "
-                   "the pairs.",
+        epilog="PYTEST_ARGS: what each invocation runs, the same on both sides (default: benchmarks).",
+        help="Interleaved A/B: BASE and CANDIDATE measured in alternating runs on this machine, gated on the pairs.",
         description="Run the benchmarks of BASE and CANDIDATE (git refs of --repo, or folders) in alternating "
                     "whole pytest invocations on this machine, then gate the candidate on the pairs' differences "
                     "(a paired t-test on log ratios, Holm-corrected over the points). Exit codes as compare's.")
@@ -94,6 +94,19 @@ def build_parser() -> argparse.ArgumentParser:
     ab_cmd.add_argument("--gate", type=_rule, action="append", metavar="METRIC:THRESHOLD",
                         help="rule, repeatable (default: " + DEFAULT_GATE[0].replace("%", "%%") + ")")
     ab_cmd.add_argument("--format", choices=COMPARE_FORMATS, default="text", help="as for compare")
+    history_cmd = commands.add_parser(
+        "history", help="One point's metric over saved runs (oldest first), with its change points.",
+        description="One point's metric over every run given (files, or folders such as .benchmarks/MACHINE), "
+                    "ordered by the time each was saved, with change points: where the median moves by more than "
+                    "the threshold and a Mann-Whitney test on the runs' values finds it significant.")
+    history_cmd.add_argument("runs", nargs="+", metavar="RUN_OR_FOLDER")
+    history_cmd.add_argument("--point", required=True, help="the test id, as `dlmbench compare` prints it")
+    history_cmd.add_argument("--metric", default="tokens_per_s")
+    history_cmd.add_argument("--threshold", type=_percent, default=5.0,
+                             help="smallest change, in percent of the earlier median, that marks a change point "
+                             "(default 5)")
+    history_cmd.add_argument("--plot", metavar="FILE.png", help="also draw the history")
+    history_cmd.add_argument("--format", choices=COMPARE_FORMATS, default="text", help="as for compare")
     report_cmd = commands.add_parser("report", help="Markdown tables and PNG figures for saved runs (overlaid).")
     report_cmd.add_argument("runs", nargs="+", metavar="RUN.json")
     report_cmd.add_argument("--out", required=True, help="folder for report.md and the figures")
@@ -109,6 +122,16 @@ def build_parser() -> argparse.ArgumentParser:
     merge_cmd.add_argument("--allow-mismatch", action="store_true",
                            help="merge even when GPU or software versions differ")
     return parser
+
+
+def _percent(text: str) -> float:
+    try:
+        value = float(text.rstrip("%"))
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 1000:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a percentage >= 0, e.g. 5")
+    return value
 
 
 def _positive(text: str) -> int:
@@ -207,6 +230,28 @@ def _ab(args: argparse.Namespace) -> int:
     return code
 
 
+def _history(args: argparse.Namespace) -> int:
+    from pytest_dlmbench.history import change_points, history, history_table, plot_history
+
+    points = history(args.runs, args.point, args.metric)
+    changes = change_points([p.value for p in points if p.value is not None], args.threshold)
+    commits = [p.commit for p in points if p.value is not None]
+    if args.format == "json":
+        print(json.dumps({"point": args.point, "metric": args.metric, "threshold_pct": args.threshold,
+                          "runs": [dataclasses.asdict(p) for p in points],
+                          "change_points": [{**dataclasses.asdict(c), "commit": commits[c.index]} for c in changes]},
+                         indent=2))
+    else:
+        print(f"{args.metric} of {args.point} over {len(points)} runs\n")
+        print(history_table(points, changes, "github" if args.format == "md" else "simple"))
+        for change in changes:
+            print(f"\nchange point at commit {commits[change.index] or '-'}: {change.change_pct:+.1f}% "
+                  f"(p={change.p_value:.2g})")
+    if args.plot:
+        plot_history(points, changes, f"{args.metric}: {args.point}", args.plot)
+    return 0
+
+
 def _noise(args: argparse.Namespace) -> int:
     spreads = noise(load_run(args.first).points, load_run(args.second).points, args.metric)
     print(noise_table(spreads))
@@ -251,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return {"compare": _compare, "ab": _ab, "noise": _noise, "merge": _merge,
+        return {"compare": _compare, "ab": _ab, "history": _history, "noise": _noise, "merge": _merge,
                 "report": _report}[args.command](args)
     except RunFileError as error:
         print(f"error: {error}", file=sys.stderr)

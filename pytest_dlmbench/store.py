@@ -40,6 +40,8 @@ class SavedRun:
     machine: dict[str, Any]  # machine_info["dlmbench"]
     points: dict[str, dict[str, Any]]  # test id (pytest-benchmark "fullname") -> extra_info
     partial: str | None = None  # why the run stopped early; such a run is never a baseline
+    commit: str | None = None  # the measured tree's git commit (pytest-benchmark's commit_info.id)
+    saved_at: str | None = None  # when the run was saved (ISO 8601, pytest-benchmark's datetime)
 
     def check_baseline(self) -> None:
         if self.partial:
@@ -136,7 +138,8 @@ def load_run(path: str | Path) -> SavedRun:
     """A saved run's machine and its points (finished and failed), keyed by test id."""
     data = read_run_document(path)
     points = {bench["fullname"]: bench["extra_info"] for bench in data["benchmarks"] + data.get(FAILED_KEY, [])}
-    return SavedRun(str(path), data["machine_info"]["dlmbench"], points, data.get(PARTIAL_KEY))
+    return SavedRun(str(path), data["machine_info"]["dlmbench"], points, data.get(PARTIAL_KEY),
+                    (data.get("commit_info") or {}).get("id"), data.get("datetime"))
 
 
 def merge_runs(paths: list[str], replace: bool = False,

@@ -36,7 +36,7 @@ LAYERS = (
     {"paradigms", "roofline"},
     {"record", "session", "record_keys"},
     {"grid", "runner", "probe", "api"},
-    {"options", "boundary", "workers", "scheduling", "ab"},
+    {"options", "boundary", "workers", "scheduling", "ab", "history"},
     {"plugin", "cli"},
 )
 
