@@ -348,6 +348,10 @@ def paired_judge(point: str, rule: GateRule, base: list[dict[str, Any]], new: li
     better = rule.direction * ((ratio - 1) * 100 if rule.relative else current - old)
     change = f"{(ratio - 1) * 100:+.1f}% over {len(pairs)} pairs"
     sampled = rule.sampled
+    if better > rule.threshold and sampled:  # an improvement is claimed where the pairs show it
+        p_better = paired_worse(news, olds, rule.direction)
+        return Verdict(point, rule.metric, old, current, f"{change} (p={p_better:.2g})",
+                       "improved" if p_better < ALPHA else "ok", sampled)
     if better > rule.threshold:
         return Verdict(point, rule.metric, old, current, change, "improved", sampled)
     if better >= -rule.threshold:

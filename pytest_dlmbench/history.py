@@ -4,9 +4,9 @@ Change points come from binary segmentation: in a stretch of runs, every split w
 runs on each side is a candidate; the split whose two sides differ most significantly (a two-sided
 Mann-Whitney test on the runs' values), by more than the threshold between their medians, is a
 change point when its p-value clears ALPHA over the candidates tried (Bonferroni); then each side
-is searched again. A change needs about six runs on each side to be found (two-sided, Bonferroni),
-and a dip that recovers within the stretch can hide from every single split. A run is one sample: rounds within a run share its machine state, so pooling
-them would take a machine's drift between runs for a change of the code.
+is searched again. A change needs about six runs on each side to be found, and a dip that
+recovers within the stretch can hide from every single split. A run is one sample: rounds within
+a run share its machine state, so pooling them would take a machine's drift for a code change.
 """
 
 from __future__ import annotations
