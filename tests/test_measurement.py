@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 
 import pytest
@@ -133,6 +134,8 @@ def test_commit_times_are_each_rows_first_and_last_committing_forward():
     committing = torch.tensor([[True, False], [False, False], [True, True], [False, True]])  # (steps, batch)
     first, last = commit_times(committing, step_forwards=[1, 2, 4, 5], ends_ms=[1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
     assert first == [2.0, 5.0] and last == [5.0, 6.0]
+    first, last = commit_times(torch.tensor([[True, False]]), step_forwards=[0], ends_ms=[1.0])
+    assert first[0] == last[0] == 1.0 and math.isnan(first[1]) and math.isnan(last[1])  # row 1 committed nothing
 
 
 def test_energy_meter_reads_the_counter_over_its_body():

@@ -134,19 +134,19 @@ class ForwardLog:
                                 decoded_len=decoded_len, first_token_ms=tuple(first), last_token_ms=tuple(last))
 
 
-def commit_times(committing: torch.Tensor, step_forwards: list[int], ends_ms: list[float]) -> tuple[list[float],
-                                                                                                     list[float]]:
-    """Per row, when the forward of its first and of its last committing step ended (ms);
-    `committing` (steps, batch) is True where the step committed a token of the row."""
+def commit_times(committing: torch.Tensor, step_forwards: list[int],
+                 ends_ms: list[float]) -> tuple[list[float], list[float]]:
+    """Per row, when the forward of its first and of its last committing step ended (ms; NaN for a
+    row that committed nothing); `committing` (steps, batch) is True where the step committed a
+    token of the row."""
     import torch
 
     steps = committing.shape[0]
     order = torch.arange(steps).unsqueeze(1)  # (steps, 1)
     first = torch.where(committing, order, steps).min(dim=0).values.tolist()  # (batch,) step index
     last = torch.where(committing, order, -1).max(dim=0).values.tolist()
-    at = [ends_ms[forward] for forward in step_forwards]  # (steps,) ms
-    return [at[step] if step < steps else math.nan for step in first], [at[step] if step >= 0 else math.nan
-                                                                         for step in last]
+    at = [ends_ms[forward] for forward in step_forwards] + [math.nan]  # (steps + 1,) ms; [steps] and [-1]: none
+    return [at[step] for step in first], [at[step] for step in last]
 
 
 class Paradigm(Protocol):
