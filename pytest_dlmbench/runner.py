@@ -27,7 +27,7 @@ from pytest_dlmbench.core import (
     PointLabels,
     PointMetrics,
 )
-from pytest_dlmbench.device import release, synchronize
+from pytest_dlmbench.device import synchronize
 from pytest_dlmbench.energy import EnergyMeter
 from pytest_dlmbench.memory import MemoryTracker, is_out_of_memory, memory_now, release_memory
 from pytest_dlmbench.memory_model import predicted_peak_bytes
@@ -184,16 +184,12 @@ class PointRunner:
                                                                  runtime.concatenates),
                     **paradigm.describe(spec, point.gen_len)}
 
-        def run(decoder: Paradigm, log: ForwardLog, on: Runtime = runtime) -> GenerationResult:
-            return decoder.generate(on, spec, prompt_ids, point.gen_len, log)
+        def run(decoder: Paradigm, log: ForwardLog) -> GenerationResult:
+            return decoder.generate(runtime, spec, prompt_ids, point.gen_len, log)
 
-        def prime() -> None:
-            """A few forwards absorb the process's CUDA/cuBLAS start-up, untimed, on a throwaway
-            runtime: the point's own graphs are captured in its tracked warm-up, like every later
-            point's, so the first point of a model counts their memory too."""
+        def prime() -> None:  # a few forwards absorb the process's CUDA/cuBLAS start-up, untimed
             with contextlib.suppress(ForwardLimitReached):
-                run(paradigm, ForwardLog(RegionTimer(device), limit=4), make_runtime(point.runtime, model))
-            release(device)
+                run(paradigm, ForwardLog(RegionTimer(device), limit=4))
 
         def baseline_tokens() -> torch.Tensor:
             baseline = paradigm_for(point, settings, labels.weights, "baseline")

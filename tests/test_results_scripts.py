@@ -65,11 +65,12 @@ def test_the_standard_grid_script_measures_tiny_points_and_keeps_journals(tmp_pa
 
 
 def test_interleaved_a_b_is_quiet_on_a_a_and_fails_a_2x_slower_candidate(tmp_path):
-    """5 A/A pairs raise no alarm; 3 pairs of a candidate whose forwards take twice as long fail (exit 1)."""
-    run("bash", "results/ab-cpu/run.sh", OUT=str(tmp_path), PAIRS="5", SLOW_PAIRS="3")
+    """5 A/A pairs raise no alarm; 3 pairs of a candidate whose forwards take twice as long fail (exit 1).
+    At 20 %: a 5 % gate's false alarms are 5 % of A/A runs by design, too many for a test."""
+    run("bash", "results/ab-cpu/run.sh", OUT=str(tmp_path), PAIRS="5", SLOW_PAIRS="3", GATE="tokens_per_s:20%")
     assert (tmp_path / "exit-codes.txt").read_text().splitlines() == ["a-a exit 0", "2x-slower exit 1"]
     quiet, slower = (json.loads((tmp_path / name / "ab.json").read_text()) for name in ("a-a", "2x-slower"))
     assert [i["side"] for i in quiet["invocations"]] == ["A", "B", "B", "A"] * 2 + ["A", "B"]
     assert len(quiet["verdicts"]) == 2 and {v["verdict"] for v in quiet["verdicts"]} <= {"ok", "improved"}
     assert [v["verdict"] for v in slower["verdicts"]] == ["regression", "regression"]
-    assert "**2 regression(s) under tokens_per_s:5%**" in (tmp_path / "2x-slower.md").read_text()
+    assert "**2 regression(s) under tokens_per_s:20%**" in (tmp_path / "2x-slower.md").read_text()
