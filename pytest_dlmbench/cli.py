@@ -193,23 +193,21 @@ def _ab(args: argparse.Namespace) -> int:
     repo, out = Path(args.repo).resolve(), Path(args.out).resolve()
     rules = args.gate or [GateRule.parse(rule) for rule in DEFAULT_GATE]
     pytest_args = args.pytest_args or ["benchmarks"]
-    checkouts: list[Path] = []
-    try:
-        with tempfile.TemporaryDirectory(prefix="dlmbench-ab-") as scratch:
+    say = (lambda line: print(line, file=sys.stderr)) if args.format == "json" else print
+    with tempfile.TemporaryDirectory(prefix="dlmbench-ab-") as scratch:
+        checkouts: list[Path] = []  # the worktrees made here, removed whatever happens
+        try:
             trees = []
             for name, spec in (("base", args.base), ("candidate", args.candidate)):
-                tree = checkout(spec, repo, Path(scratch) / name)
-                checkouts += [tree] if tree.parent == Path(scratch) else []
-                trees.append(tree)
-            try:
-                say = (lambda line: print(line, file=sys.stderr)) if args.format == "json" else print
-                runs = run_interleaved(trees[0], trees[1], pytest_args, out, args.pairs, args.order, args.seed, say)
-            finally:
-                for tree in checkouts:
-                    remove_checkout(repo, tree)
-    except ABError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_BROKEN_INPUT
+                trees.append(checkout(spec, repo, Path(scratch) / name))
+                checkouts += [trees[-1]] if trees[-1].parent == Path(scratch) else []
+            runs = run_interleaved(trees[0], trees[1], pytest_args, out, args.pairs, args.order, args.seed, say)
+        except ABError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return EXIT_BROKEN_INPUT
+        finally:
+            for tree in checkouts:
+                remove_checkout(repo, tree)
     try:
         check_rules(rules, runs.base[0])
     except GateError as error:

@@ -4,6 +4,8 @@ results/ab-cpu/run.sh, run by tests/test_results_scripts.py."""
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
 from pytest_dlmbench.ab import ABError, schedule
@@ -43,3 +45,14 @@ def test_bad_sides_and_failing_invocations_are_clear_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["ab", "a", "b", "--pairs", "0"])
     assert "'0': must be a whole number >= 1" in capsys.readouterr().err
+
+
+def test_a_bad_candidate_ref_leaves_no_worktree_of_the_base(tmp_path, capsys):
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True,
+                              text=True).stdout
+    git("init", "-q")
+    git("-c", "user.email=b@example.com", "-c", "user.name=b", "commit", "-q", "--allow-empty", "-m", "base")
+    assert main(["ab", "HEAD", "no-such-ref", "--repo", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "'no-such-ref' is neither a folder nor a git ref" in capsys.readouterr().err
+    assert len(git("worktree", "list").splitlines()) == 1  # only the repository's own
