@@ -200,8 +200,7 @@ class PointRunner:
                          prime if self.models.first_use(point.model) else None, baseline_tokens, runtime)
 
     def measure(self, plan: PointPlan, progress: Progress) -> Measurement:
-        """Start-up run, graph capture, warm-up (memory tracked on the first), then the timed rounds
-        under pytest-benchmark."""
+        """Start-up run, warm-up (memory tracked on the first), then the timed rounds under pytest-benchmark."""
         import torch
 
         settings = self.settings
@@ -210,9 +209,7 @@ class PointRunner:
             if plan.prime is not None:
                 plan.prime()
             memory, warm_s = MemoryReport(), None
-            if plan.runtime is not None and plan.runtime.capture_s is not None:
-                # captured untracked, so the tracked warm-up replays graphs at every point alike (a
-                # model's first point captured some in its start-up run, the others capture them all)
+            if settings.warmup == 0 and plan.runtime is not None and plan.runtime.capture_s is not None:
                 progress.phase = "capturing graphs"
                 assert plan.decoder is not None and plan.decoder.paradigm is not None  # a runtime's is built in
                 # then a shape runs only when captured
