@@ -80,8 +80,9 @@ def test_a_real_cuda_oom_leaves_later_points_unaffected(pytester):
     """A genuine allocator OOM on the GPU (batch 200k under a 1 GiB cap) between two identical
     points: the later one starts from the same allocated and device-wide memory, peaks the same."""
     pytester.makepyfile(test_cuda_oom=REAL_CUDA_OOM)
-    result = pytester.runpytest("--dlm-device=cuda", "--dlm-memory-limit=1", "--dlm-rounds=1",
-                                "--benchmark-json=run.json", "-p", "no:cacheprovider", "-rs")
+    # Its own process: in this one, the GPU tests before it hold memory against the 1 GiB cap.
+    result = pytester.runpytest_subprocess("--dlm-device=cuda", "--dlm-memory-limit=1", "--dlm-rounds=1",
+                                           "--benchmark-json=run.json", "-p", "no:cacheprovider", "-rs")
     result.assert_outcomes(passed=2, skipped=1)
     data = json.loads((pytester.path / "run.json").read_text())
     before, after = (b["extra_info"] for b in data["benchmarks"])

@@ -15,7 +15,8 @@ ROOT = Path(__file__).parent.parent
 RESULTS = ROOT / "results"
 TINY_CPU = "--dlm-device=cpu --dlm-models=tiny-qwen2 --dlm-prompt=40 --dlm-gen=64 --dlm-batch=1"
 TESTED = {"lib.sh", "new-models/table.py", "new-models/standard.sh", "new-models/profile_kernels.py",
-          "boundary-h100/validate_memory_model.py", "gate-fwer/simulate.py", "ab-cpu/run.sh"}
+          "boundary-h100/validate_memory_model.py", "gate-fwer/simulate.py", "ab-cpu/run.sh",
+          "ab-gpu/run.sh"}
 
 
 def run(*command: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -74,3 +75,16 @@ def test_interleaved_a_b_is_quiet_on_a_a_and_fails_a_2x_slower_candidate(tmp_pat
     assert len(quiet["verdicts"]) == 2 and {v["verdict"] for v in quiet["verdicts"]} <= {"ok", "improved"}
     assert [v["verdict"] for v in slower["verdicts"]] == ["regression", "regression"]
     assert "**2 regression(s) under tokens_per_s:20%**" in (tmp_path / "2x-slower.md").read_text()
+
+
+def test_the_deeper_candidate_does_more_work_in_every_forward(tmp_path):
+    """One pair of each experiment, on a tiny model on the CPU: the candidate's model has 4 more
+    layers (its forwards' analytic FLOPs say so) and one pair is too few for a verdict."""
+    run("bash", "results/ab-gpu/run.sh", "tiny-ar", "benchmarks/test_generation.py", "--dlm-grid=smoke",
+        "--dlm-models=tiny-ar", "--dlm-prompt=16", "--dlm-gen=32", "--dlm-batch=1", "--dlm-device=cpu",
+        "--dlm-rounds=2", "-p", "no:cacheprovider", OUT=str(tmp_path), PAIRS="1")
+    assert (tmp_path / "exit-codes.txt").read_text().splitlines() == ["a-a exit 0", "deeper exit 0"]
+    base, deeper = ([entry["extra_info"] for entry in json.loads((tmp_path / "deeper" / name).read_text())["benchmarks"]]
+                    for name in ("A1.json", "B1.json"))
+    assert deeper[0]["flops_per_forward"] > 2 * base[0]["flops_per_forward"]  # 6 layers against 2
+    assert [v["verdict"] for v in json.loads((tmp_path / "deeper" / "ab.json").read_text())["verdicts"]] == ["inconclusive"]

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Interleaved A/B on one machine against a candidate that does more work per forward, from the
+# repository root:
+#   OUT=folder [PAIRS=4] [EXTRA_LAYERS=4] [GATE=tokens_per_s:5%] [EXPERIMENTS="a-a deeper"] \
+#     results/ab-gpu/run.sh MODELS PYTEST_ARGS...
+# Makes a git repository in $OUT/repo holding a copy of benchmarks/ (the base commit) and a
+# candidate commit whose conftest.py re-registers each of MODELS (comma-separated) with
+# EXTRA_LAYERS more decoder layers, through the public API: a change that slows every forward of
+# every shape by about EXTRA_LAYERS / num_layers (4 of 32: about 12 % more time per forward), inside
+# the captured CUDA graphs, with no host-side wait. Then `dlmbench ab` runs base against base (A/A)
+# and base against the candidate (EXPERIMENTS picks either), PAIRS pairs each, ABBA, every invocation
+# with PYTEST_ARGS.
+# Each experiment's folder keeps its runs, logs and ab.json; exit-codes.txt has dlmbench's exit code
+# of each (A/A: 0 expected, deeper: 1).
+set -u
+: "${OUT:?set OUT}"
+models=${1:?MODELS: comma-separated model names}
+shift
+pairs=${PAIRS:-4}
+extra=${EXTRA_LAYERS:-4}
+gate=${GATE:-tokens_per_s:5%}
+experiments=${EXPERIMENTS:-a-a deeper}
+repo="$OUT/repo"
+make_repo() {  # made once: a second call with the same OUT runs the other experiment on it
+  mkdir -p "$repo"
+  git -C "$repo" init -q
+  git -C "$repo" config user.email bench@example.com
+  git -C "$repo" config user.name bench
+  cp -r benchmarks "$repo/"
+  git -C "$repo" add . && git -C "$repo" commit -qm base
+  cat >"$repo/conftest.py" <<PY
+import dataclasses
+
+from pytest_dlmbench.api import get_spec, register_model
+
+for name in "$models".split(","):  # $extra more decoder layers in each
+    spec = get_spec(name)
+    register_model(dataclasses.replace(spec, num_layers=spec.num_layers + $extra), replace=True)
+PY
+  git -C "$repo" add . && git -C "$repo" commit -qm "deeper models"
+}
+[[ -d "$repo/.git" ]] || make_repo
+ab() {  # NAME CANDIDATE
+  dlmbench ab HEAD~1 "$2" --repo "$repo" --pairs "$pairs" --out "$OUT/$1" --format md --gate "$gate" -- "${@:3}" \
+    >"$OUT/$1.md" 2>&1
+  echo "$1 exit $?" | tee -a "$OUT/exit-codes.txt"
+}
+for experiment in $experiments; do
+  case $experiment in
+    a-a) ab a-a HEAD~1 "$@" ;;
+    deeper) ab deeper HEAD "$@" ;;
+    *) echo "EXPERIMENTS: unknown $experiment (a-a, deeper)" >&2; exit 2 ;;
+  esac
+done
