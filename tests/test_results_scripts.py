@@ -85,6 +85,7 @@ def test_the_deeper_candidate_does_more_work_in_every_forward(tmp_path):
         "--dlm-rounds=2", "-p", "no:cacheprovider", OUT=str(tmp_path), PAIRS="1")
     assert (tmp_path / "exit-codes.txt").read_text().splitlines() == ["a-a exit 0", "deeper exit 0"]
     folder = tmp_path / "deeper"
-    base, deeper = (json.loads((folder / name).read_text())["benchmarks"][0]["extra_info"] for name in ("A1.json", "B1.json"))
+    base, deeper = (json.loads((folder / name).read_text())["benchmarks"][0]["extra_info"]
+                    for name in ("A1.json", "B1.json"))
     assert deeper["flops_per_forward"] > 2 * base["flops_per_forward"]  # 6 layers against 2
     assert [v["verdict"] for v in json.loads((folder / "ab.json").read_text())["verdicts"]] == ["inconclusive"]
