@@ -6,17 +6,13 @@
 # conftest, so every forward takes twice as long. Then `dlmbench ab` runs base against base (A/A,
 # PAIRS pairs) and base against the candidate (SLOW_PAIRS pairs), ABBA, gated by GATE. Each experiment's folder holds its invocations' runs and logs and ab.json;
 # exit-codes.txt has dlmbench's exit code of each (A/A: 0 expected, 2x slower: 1).
-set -u
-: "${OUT:?set OUT}"
+source "$(dirname "$0")/../lib.sh"
 pairs=${PAIRS:-5}
 slow_pairs=${SLOW_PAIRS:-$pairs}
 gate=${GATE:-tokens_per_s:5%}
 root=$(pwd)
 repo="$OUT/repo"
-mkdir -p "$repo"
-git -C "$repo" init -q
-git -C "$repo" config user.email bench@example.com
-git -C "$repo" config user.name bench
+scratch_repo "$repo"
 cat >"$repo/test_points.py" <<'PY'
 import pytest
 from pytest_dlmbench.core import BenchPoint
@@ -25,7 +21,7 @@ from pytest_dlmbench.core import BenchPoint
 def test_point(dlm_bench, batch):
     dlm_bench(BenchPoint("ar", "tiny-ar", 8, 16, batch))
 PY
-git -C "$repo" add . && git -C "$repo" commit -qm base
+commit_all "$repo" base
 cp "$root/tests/slowdown_plugin.py" "$repo/"
 cat >"$repo/conftest.py" <<'PY'
 import os
@@ -33,11 +29,6 @@ import os
 os.environ["DLMBENCH_SLOWDOWN"] = "1.0"  # every forward takes twice as long
 pytest_plugins = ["slowdown_plugin"]
 PY
-git -C "$repo" add . && git -C "$repo" commit -qm "slower forwards"
-ab() {  # NAME CANDIDATE PAIRS
-  dlmbench ab HEAD~1 "$2" --repo "$repo" --pairs "$3" --out "$OUT/$1" --format md --gate "$gate" -- --dlm-rounds=3 \
-    --dlm-device=cpu >"$OUT/$1.md" 2>&1
-  echo "$1 exit $?" | tee -a "$OUT/exit-codes.txt"
-}
-ab a-a HEAD~1 "$pairs"
-ab 2x-slower HEAD "$slow_pairs"
+commit_all "$repo" "slower forwards"
+ab_experiment a-a "$repo" HEAD~1 "$pairs" "$gate" --dlm-rounds=3 --dlm-device=cpu
+ab_experiment 2x-slower "$repo" HEAD "$slow_pairs" "$gate" --dlm-rounds=3 --dlm-device=cpu

@@ -12,8 +12,7 @@
 # with PYTEST_ARGS.
 # Each experiment's folder keeps its runs, logs and ab.json; exit-codes.txt has dlmbench's exit code
 # of each (A/A: 0 expected, deeper: 1).
-set -u
-: "${OUT:?set OUT}"
+source "$(dirname "$0")/../lib.sh"
 models=${1:?MODELS: comma-separated model names}
 shift
 pairs=${PAIRS:-4}
@@ -22,12 +21,9 @@ gate=${GATE:-tokens_per_s:5%}
 experiments=${EXPERIMENTS:-a-a deeper}
 repo="$OUT/repo"
 make_repo() {  # made once: a second call with the same OUT runs the other experiment on it
-  mkdir -p "$repo"
-  git -C "$repo" init -q
-  git -C "$repo" config user.email bench@example.com
-  git -C "$repo" config user.name bench
+  scratch_repo "$repo"
   cp -r benchmarks "$repo/"
-  git -C "$repo" add . && git -C "$repo" commit -qm base
+  commit_all "$repo" base
   cat >"$repo/conftest.py" <<PY
 import dataclasses
 
@@ -37,18 +33,13 @@ for name in "$models".split(","):  # $extra more decoder layers in each
     spec = get_spec(name)
     register_model(dataclasses.replace(spec, num_layers=spec.num_layers + $extra), replace=True)
 PY
-  git -C "$repo" add . && git -C "$repo" commit -qm "deeper models"
+  commit_all "$repo" "deeper models"
 }
 [[ -d "$repo/.git" ]] || make_repo
-ab() {  # NAME CANDIDATE
-  dlmbench ab HEAD~1 "$2" --repo "$repo" --pairs "$pairs" --out "$OUT/$1" --format md --gate "$gate" -- "${@:3}" \
-    >"$OUT/$1.md" 2>&1
-  echo "$1 exit $?" | tee -a "$OUT/exit-codes.txt"
-}
 for experiment in $experiments; do
   case $experiment in
-    a-a) ab a-a HEAD~1 "$@" ;;
-    deeper) ab deeper HEAD "$@" ;;
+    a-a) ab_experiment a-a "$repo" HEAD~1 "$pairs" "$gate" "$@" ;;
+    deeper) ab_experiment deeper "$repo" HEAD "$pairs" "$gate" "$@" ;;
     *) echo "EXPERIMENTS: unknown $experiment (a-a, deeper)" >&2; exit 2 ;;
   esac
 done
