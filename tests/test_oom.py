@@ -78,7 +78,7 @@ def test_point(dlm_bench, batch):
 @pytest.mark.cuda
 def test_a_real_cuda_oom_leaves_later_points_unaffected(pytester):
     """A genuine allocator OOM on the GPU (batch 200k under a 1 GiB cap) between two identical
-    points: the later one starts from the same allocated and device-wide memory, peaks the same."""
+    points: the later one starts from the same allocated and device-wide memory and peaks within 1 MiB."""
     pytester.makepyfile(test_cuda_oom=REAL_CUDA_OOM)
     # Its own process: in this one, the GPU tests before it hold memory against the 1 GiB cap.
     result = pytester.runpytest_subprocess("--dlm-device=cuda", "--dlm-memory-limit=1", "--dlm-rounds=1",
@@ -89,5 +89,7 @@ def test_a_real_cuda_oom_leaves_later_points_unaffected(pytester):
     [oom] = (entry["extra_info"] for entry in data["dlmbench_failed"])
     print({key: (before[key], after[key]) for key in ("peak_mem_allocated_bytes", "nvml_baseline_used_bytes")})
     assert oom["status"] == "oom" and "out of memory" in oom["message"].lower()
-    assert after["peak_mem_allocated_bytes"] == before["peak_mem_allocated_bytes"]
+    # The caching allocator hands out a cached block whole when its rest is too small to split (under
+    # 1 MiB in the large pool), so identical work can peak a few KiB apart; a leaked cuBLAS workspace is 32 MiB.
+    assert abs(after["peak_mem_allocated_bytes"] - before["peak_mem_allocated_bytes"]) < 2**20
     assert abs(after["nvml_baseline_used_bytes"] - before["nvml_baseline_used_bytes"]) <= 32 * 2**20
