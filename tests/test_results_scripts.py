@@ -16,7 +16,7 @@ RESULTS = ROOT / "results"
 TINY_CPU = "--dlm-device=cpu --dlm-models=tiny-qwen2 --dlm-prompt=40 --dlm-gen=64 --dlm-batch=1"
 TESTED = {"lib.sh", "new-models/table.py", "new-models/standard.sh", "new-models/profile_kernels.py",
           "boundary-h100/validate_memory_model.py", "gate-fwer/simulate.py", "ab-cpu/run.sh",
-          "ab-gpu/run.sh"}
+          "ab-gpu/run.sh", "energy-h100/table.py"}
 
 
 def run(*command: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -33,6 +33,11 @@ def test_every_script_under_results_is_run_here():
 def test_the_new_models_table_rebuilds_from_its_runs():
     done = run(sys.executable, "results/new-models/table.py")
     assert done.stdout.strip() in (RESULTS / "new-models" / "README.md").read_text()
+
+
+def test_the_energy_table_rebuilds_from_its_run():
+    done = run(sys.executable, "results/energy-h100/table.py")
+    assert done.stdout.strip() in (RESULTS / "energy-h100" / "README.md").read_text()
 
 
 def test_the_memory_model_check_reads_the_boundary_runs():
